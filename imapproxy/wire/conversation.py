@@ -1,0 +1,191 @@
+"""Conversation state: both directions of one IMAP connection, seen together.
+
+The client's bytes cannot be framed without knowing what the server said (see
+:mod:`imapproxy.wire.decoder`), and the session state (RFC 9051 §3: not authenticated,
+authenticated, selected, logout) changes only when the server completes a command.  A
+:class:`Conversation` owns one decoder per direction and wires the server's answers into the
+client decoder, tracks pending commands by tag (pipelining included) and the capabilities the
+server announced.
+
+It is still sans-IO: bytes in, events out; the caller moves the bytes.  Events must be taken
+from both directions in the order the caller relays them: in particular the server event that
+releases a paused client decoder (a ``+``) is processed here *before* it is forwarded, so the
+client's answer to it can only ever be read the way the server will read it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .decoder import Decoder, Hold
+from .errors import ParseError, Side
+from .events import Event, Frame, FrameKind, Wait
+from .limits import DEFAULT_LIMITS, Limits
+from .parser import capabilities_of, parse_command, parse_response
+from .tokens import Command, string_value
+
+
+class Phase(enum.Enum):
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+@dataclass(slots=True)
+class PendingCommand:
+    """A command sent by the client and not yet completed by the server."""
+
+    tag: bytes
+    name: str
+    mailbox: bytes | None = None  # SELECT / EXAMINE target
+
+
+_SELECTING = frozenset({"SELECT", "EXAMINE"})
+_LEAVING_MAILBOX = frozenset({"CLOSE", "UNSELECT"})
+_AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
+
+
+class Conversation:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.client = Decoder(Side.CLIENT, limits)
+        self.server = Decoder(Side.SERVER, limits)
+        self.phase = Phase.NOT_AUTHENTICATED
+        self.selected: bytes | None = None
+        self.pending: dict[bytes, PendingCommand] = {}
+        self.capabilities: frozenset[str] | None = None
+        self.greeted = False
+
+    # ------------------------------------------------------------- client side
+
+    def receive_client(self, data: bytes) -> None:
+        self.client.receive_data(data)
+
+    def next_client_event(self) -> Event | Wait:
+        event = self.client.next_event()
+        if type(event) is Frame and event.first and event.kind is FrameKind.COMMAND:
+            self._command_started(event)
+        return event
+
+    def _command_started(self, frame: Frame) -> None:
+        tag = frame.tag
+        if tag is None:
+            return
+        pending = PendingCommand(tag, frame.name)
+        if frame.name in _SELECTING and frame.final:
+            try:
+                cmd = parse_command(frame.raw, self.limits)
+            except ParseError:
+                cmd = None
+            if cmd is not None and cmd.args:
+                pending.mailbox = string_value(cmd.args[0])
+        self.pending[tag] = pending
+
+    # ------------------------------------------------------------- server side
+
+    def receive_server(self, data: bytes) -> None:
+        self.server.receive_data(data)
+
+    def next_server_event(self) -> Event | Wait:
+        event = self.server.next_event()
+        if type(event) is Frame and event.first:
+            self._server_frame(event)
+        return event
+
+    def _server_frame(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is FrameKind.CONTINUATION:
+            self.client.continuation()
+            return
+        if kind is FrameKind.GREETING:
+            self.greeted = True
+            if frame.name == "PREAUTH":
+                self._set_phase(Phase.AUTHENTICATED)
+            elif frame.name == "BYE":
+                self._set_phase(Phase.LOGOUT)
+            self._maybe_capabilities(frame)
+            return
+        if kind is FrameKind.STATUS:
+            if frame.tag is None:
+                if frame.name == "BYE":
+                    self._set_phase(Phase.LOGOUT)
+                elif frame.name == "OK":
+                    self._maybe_capabilities(frame)
+                return
+            self._completed(frame)
+            return
+        if kind is FrameKind.DATA and frame.name == "CAPABILITY":
+            self._maybe_capabilities(frame)
+
+    def _completed(self, frame: Frame) -> None:
+        tag = frame.tag
+        assert tag is not None
+        status = frame.name
+        self.client.completed(tag, status)
+        cmd = self.pending.pop(tag, None)
+        if status == "OK":
+            self._maybe_capabilities(frame)
+        if cmd is None:
+            return
+        name = cmd.name
+        if status == "OK":
+            if name in _AUTHENTICATING:
+                self._set_phase(Phase.AUTHENTICATED)
+            elif name in _SELECTING:
+                self.selected = cmd.mailbox
+                self._set_phase(Phase.SELECTED)
+            elif name in _LEAVING_MAILBOX:
+                self._set_phase(Phase.AUTHENTICATED)
+            elif name == "LOGOUT":
+                self._set_phase(Phase.LOGOUT)
+        elif status == "NO" and name in _SELECTING and self.phase is Phase.SELECTED:
+            # RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected.
+            self._set_phase(Phase.AUTHENTICATED)
+
+    def _set_phase(self, phase: Phase) -> None:
+        if self.phase is Phase.LOGOUT:
+            return
+        self.phase = phase
+        if phase is not Phase.SELECTED:
+            self.selected = None
+        authenticated = phase in (Phase.AUTHENTICATED, Phase.SELECTED)
+        self.client.authenticated = authenticated
+        self.server.authenticated = authenticated
+
+    def _maybe_capabilities(self, frame: Frame) -> None:
+        if frame.kind is not FrameKind.DATA and b"[CAPABILITY " not in frame.raw[:40].upper():
+            return
+        if not frame.final:
+            return
+        try:
+            caps = capabilities_of(parse_response(frame.raw, self.limits))
+        except ParseError:
+            return
+        if caps is None:
+            return
+        self.set_capabilities(caps)
+
+    def set_capabilities(self, caps: tuple[str, ...] | frozenset[str]) -> None:
+        self.capabilities = frozenset(c.upper() for c in caps)
+        if "LITERAL+" in self.capabilities:
+            self.client.max_nonsync_literal = None
+        elif "LITERAL-" in self.capabilities:
+            self.client.max_nonsync_literal = self.limits.max_nonsync_literal_minus
+        else:
+            # Neither: a non-synchronising literal is not allowed at all (RFC 7888).
+            self.client.max_nonsync_literal = 0
+
+    # ------------------------------------------------------------- questions
+
+    @property
+    def waiting_for(self) -> Hold | None:
+        """What the client side is paused for (a ``+`` or a tagged reply)."""
+        return self.client.waiting_for
+
+    def command_for(self, tag: bytes) -> PendingCommand | None:
+        return self.pending.get(tag)
+
+
+__all__ = ["Command", "Conversation", "PendingCommand", "Phase"]

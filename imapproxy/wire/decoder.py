@@ -1,0 +1,614 @@
+"""Framing: one direction's byte stream in, frames out.  No I/O, no parsing of arguments.
+
+Theory of operation
+-------------------
+IMAP is line-based except for literals: a line that ends in ``{n}`` (or ``{n+}``, ``~{n}``,
+``~{n+}``) is followed by exactly *n* raw bytes, after which the same message goes on with
+another line.  The decoder splits the stream into messages by that rule alone, *before* any
+argument parsing, so a malformed or rejected message can never desynchronise the stream and
+literal bytes are never read as commands (the imap-codec "fragmentizer" idea).
+
+Which lines may announce literals depends on what is being read:
+
+* client commands may (``APPEND``, ``LOGIN``, ``SEARCH`` ...);
+* a client's AUTHENTICATE data lines and IDLE's ``DONE`` never do;
+* server data responses may (``* 1 FETCH (BODY[] {n}``, ``* LIST () "/" {n}``);
+* server status responses (``OK``/``NO``/``BAD``/``BYE``/``PREAUTH``) and continuation
+  requests (``+ ...``) never do: their text is ``resp-text``, which has no literals
+  (RFC 9051 §9), so a trailing ``{5}`` there is only text.
+
+Some client input cannot be read until the server has answered:
+
+* after a synchronising literal announcement the client waits for ``+``; if the server
+  answers with a tagged ``NO``/``BAD`` instead, the literal never comes and the next bytes
+  are a new command;
+* after ``AUTHENTICATE`` each line is SASL data only if the server asked for it with ``+``;
+* after ``IDLE`` the next line is ``DONE`` only once the server has said ``+``;
+* after ``STARTTLS`` (and ``COMPRESS``) the next bytes are TLS (or compressed) once the
+  server has said ``OK``.
+
+In those states the decoder *holds* whatever the client sends (``next_event`` returns
+``PAUSED``) until it is told the server's answer (:meth:`Decoder.continuation`,
+:meth:`Decoder.completed`).  A client that sends early therefore cannot get bytes
+interpreted differently by the proxy and by the server: nothing is interpreted until the
+server's answer fixes the meaning.
+
+Memory: the decoder holds at most one line (``max_line_bytes``) plus the literals it keeps
+inline (``inline_literal_bytes``) plus held bytes (``max_held_bytes``).  Larger literals are
+passed on as ``LiteralChunk`` events as the bytes arrive.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from .errors import LimitExceeded, ProtocolError, Side, bye, tagged
+from .events import (
+    NEED_DATA,
+    PAUSED,
+    EndOfStream,
+    Event,
+    Frame,
+    FrameKind,
+    LiteralChunk,
+    LiteralSpec,
+    Wait,
+)
+from .limits import DEFAULT_LIMITS, Limits
+
+# tag = 1*<any ASTRING-CHAR except "+">; the name is an atom.  Deliberately permissive: the
+# head only routes the frame; the parser judges the grammar.
+_COMMAND_HEAD = re.compile(rb"([^\x00-\x20\x7f(){%*\"\\+]+) ([^\x00-\x20\x7f(){%*\"\\\]]+)")
+_UID_NEXT = re.compile(rb" ([^\x00-\x20\x7f(){%*\"\\\]]+)")
+_RESPONSE_HEAD = re.compile(
+    rb"(\*|[^\x00-\x20\x7f(){%*\"\\+]+) (?:(\d{1,10}) )?([^\x00-\x20\x7f(){%*\"\\\]\[]+)"
+)
+# A literal announcement at the end of a line (the line without its CRLF).  At most 20
+# digits are looked at: anything longer is rejected as an overflow before int() sees it.
+_LITERAL_TAIL = re.compile(rb"(~?)\{(\d{1,21})(\+?)\}\Z")
+_STATUS_NAMES = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
+_COMPLETION_NAMES = frozenset({"OK", "NO", "BAD"})
+_SENSITIVE_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
+# Compaction threshold: consumed bytes are dropped from the buffer once this many pile up.
+_COMPACT_AT = 256 * 1024
+
+
+class Hold(enum.Enum):
+    """What a paused client decoder is waiting for."""
+
+    LITERAL = "literal"  # "+" lets the literal come; a tagged reply cancels it
+    AUTHENTICATE = "authenticate"  # "+" asks for one SASL line; a tagged reply ends it
+    IDLE = "idle"  # "+" starts idling; a tagged reply refused IDLE
+    STARTTLS = "starttls"  # tagged OK: TLS follows (the driver must call start_tls)
+    COMPRESS = "compress"  # tagged OK: compressed bytes follow (unsupported: fatal)
+
+
+class _Mode(enum.Enum):
+    LINE = 1
+    STREAM = 2
+    HOLD = 3
+    FAILED = 4
+    TLS = 5  # after STARTTLS OK: waiting for the driver to switch to TLS
+
+
+class Decoder:
+    """Frames one direction of an IMAP connection.
+
+    ``receive_data(b"")`` signals end of stream.  ``next_event()`` returns a Frame,
+    LiteralChunk or EndOfStream, or ``NEED_DATA`` / ``PAUSED``; it raises
+    :class:`ProtocolError` for input it cannot accept (``fatal`` ones again on every later
+    call).
+    """
+
+    def __init__(self, side: Side, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.side = side
+        self.limits = limits
+        # Set by whoever tracks the session state: literal limits differ before login.
+        self.authenticated = False
+        # Largest non-synchronising literal the client may send: None when the server has
+        # LITERAL+, limits.max_nonsync_literal_minus for LITERAL-.  Checked on client input.
+        self.max_nonsync_literal: int | None = None
+        self._buf = bytearray()
+        self._pos = 0  # start of unconsumed bytes
+        self._eof = False
+        self._mode = _Mode.LINE
+        self._error: ProtocolError | None = None
+        # current message
+        self._part_start = 0  # offset in _buf where the current part starts
+        self._line_start = 0  # start of the current line within the part
+        self._scan = 0  # where the current line's LF search resumes
+        self._lit_end = 0  # bytes before this offset are inline literal bytes
+        self._part_literal_bytes = 0
+        self._in_message = False
+        self._first_part = True
+        self._kind = FrameKind.COMMAND
+        self._tag: bytes | None = None
+        self._name = ""
+        self._number: int | None = None
+        self._sensitive = False
+        self._stream_remaining = 0
+        # client input expectations
+        self._next_line_kind = FrameKind.COMMAND
+        self._hold: Hold | None = None
+        self._hold_tag: bytes | None = None
+        self._hold_streamed = False
+        self._hold_size = 0
+        self._greeting_pending = side is Side.SERVER
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof and data:
+            raise RuntimeError("receive_data after end of stream")
+        if not data:
+            self._eof = True
+            return
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet given out in events."""
+        return len(self._buf) - self._pos
+
+    @property
+    def waiting_for(self) -> Hold | None:
+        """What the decoder is paused for, if anything."""
+        return self._hold if self._mode is _Mode.HOLD else None
+
+    @property
+    def waiting_tag(self) -> bytes | None:
+        return self._hold_tag if self._mode is _Mode.HOLD else None
+
+    @property
+    def in_message(self) -> bool:
+        return self._in_message
+
+    # ------------------------------------------------- answers from the other side
+
+    def continuation(self) -> bool:
+        """The server sent a continuation request (``+``).  Returns whether it was
+        expected (a stray ``+`` changes nothing)."""
+        if self._mode is not _Mode.HOLD:
+            return False
+        hold = self._hold
+        if hold is Hold.LITERAL:
+            self._resume_literal()
+        elif hold is Hold.AUTHENTICATE:
+            self._release(FrameKind.AUTH_DATA)
+        elif hold is Hold.IDLE:
+            self._release(FrameKind.IDLE_DONE)
+        else:
+            return False
+        return True
+
+    def completed(self, tag: bytes, status: str) -> bool:
+        """The server completed the command ``tag`` with ``status`` (OK/NO/BAD).
+
+        Returns whether it settled what the decoder was waiting for.
+        """
+        if (
+            self._mode is _Mode.LINE
+            and self._hold in (Hold.AUTHENTICATE, Hold.IDLE)
+            and tag == self._hold_tag
+            and not self._in_message
+        ):
+            # The server ended the exchange although it had asked for another line
+            # (e.g. it aborted AUTHENTICATE): no such line is expected any longer.
+            self._release(FrameKind.COMMAND)
+            return True
+        if self._mode is not _Mode.HOLD or tag != self._hold_tag:
+            return False
+        hold = self._hold
+        if hold in (Hold.STARTTLS, Hold.COMPRESS) and status == "OK":
+            if hold is Hold.COMPRESS:
+                self._fail(
+                    "COMPRESS was accepted: compressed traffic cannot be inspected",
+                    fatal_reply=bye("[UNAVAILABLE] compression is not supported by this proxy"),
+                )
+            self._mode = _Mode.TLS
+            return True
+        if hold is Hold.LITERAL:
+            # The literal will not come: the message ended here, unsent.
+            self._end_message_abandoned()
+        self._release(FrameKind.COMMAND)
+        return True
+
+    def start_tls(self) -> bytes:
+        """Switch to reading a fresh stream after STARTTLS: returns (and drops) bytes that
+        were received after the STARTTLS command but before TLS: never to be interpreted."""
+        leftover = bytes(self._buf[self._pos :])
+        self._buf = bytearray()
+        self._pos = 0
+        self._mode = _Mode.LINE
+        self._hold = None
+        self._hold_tag = None
+        self._next_line_kind = FrameKind.COMMAND
+        self._greeting_pending = False
+        self._in_message = False
+        self._continue_after_literal(0)
+        return leftover
+
+    def expect_tls(self) -> None:
+        """The driver itself answered STARTTLS with OK: behave as after a server OK."""
+        self._mode = _Mode.TLS
+
+    def hold_for(self, hold: Hold, tag: bytes) -> None:
+        """Pause before the next bytes until the other side answers (driver-initiated)."""
+        self._enter_hold(hold, tag)
+
+    # ------------------------------------------------------------------ output
+
+    def next_event(self) -> Event | Wait:
+        if self._error is not None:
+            raise self._error
+        mode = self._mode
+        if mode is _Mode.LINE:
+            return self._next_line()
+        if mode is _Mode.STREAM:
+            return self._next_chunk()
+        if mode is _Mode.HOLD or mode is _Mode.TLS:
+            if self.buffered > self.limits.max_held_bytes:
+                self._fail(
+                    "peer sent too much while it should have been waiting for the other side",
+                    limit="max_held_bytes",
+                )
+            if self._eof:
+                return self._end_of_stream()
+            return PAUSED
+        raise AssertionError(mode)
+
+    # ------------------------------------------------------------------ internals
+
+    def _next_line(self) -> Event | Wait:
+        buf = self._buf
+        limits = self.limits
+        while True:
+            if self._lit_end > len(buf):
+                # waiting for the bytes of an inline literal
+                if self._eof:
+                    return self._end_of_stream()
+                return NEED_DATA
+            nl = buf.find(b"\n", self._scan)
+            if nl < 0:
+                if len(buf) - self._line_start > limits.max_line_bytes:
+                    self._fail("line too long", limit="max_line_bytes")
+                self._scan = len(buf)
+                if self._eof:
+                    return self._end_of_stream()
+                if not self._in_message and self._pos == len(buf):
+                    self._compact()
+                return NEED_DATA
+            line_start = self._line_start
+            end = nl + 1
+            if end - line_start > limits.max_line_bytes:
+                self._fail("line too long", limit="max_line_bytes")
+            if not self._in_message:
+                self._begin_message(line_start, end)
+            # Where does this line's text end (without CRLF)?
+            text_end = nl - 1 if nl > line_start and buf[nl - 1] == 13 else nl
+            spec = None
+            if (
+                text_end > line_start
+                and buf[text_end - 1] == 125  # "}"
+                and self._kind in _LITERAL_KINDS
+            ):
+                spec = self._literal_at(line_start, text_end)
+            if spec is None:
+                return self._emit_part(end, final=True)
+            # A literal follows this line.
+            size = spec.size
+            if spec.sync:
+                streamed = size > limits.inline_literal_bytes
+                frame = self._emit_part(end, final=False, literal=spec, streamed=streamed)
+                self._hold_streamed = streamed
+                self._hold_size = size
+                self._enter_hold(Hold.LITERAL, self._tag)
+                return frame
+            if (
+                size > limits.inline_literal_bytes
+                or self._part_literal_bytes + size > limits.inline_literal_bytes
+            ):
+                frame = self._emit_part(end, final=False, literal=spec, streamed=True)
+                self._stream_remaining = size
+                if size:
+                    self._mode = _Mode.STREAM
+                else:  # pragma: no cover - size 0 is always inline
+                    self._continue_after_literal(self._pos)
+                return frame
+            # Small literal: keep it inside this frame and go on with the next line.
+            self._part_literal_bytes += size
+            self._lit_end = end + size
+            self._line_start = self._lit_end
+            self._scan = self._lit_end
+
+    def _begin_message(self, start: int, end: int) -> None:
+        """Classify a new message from its first line (bytes start..end)."""
+        self._in_message = True
+        self._first_part = True
+        self._part_literal_bytes = 0
+        self._number = None
+        self._sensitive = False
+        buf = self._buf
+        if self.side is Side.CLIENT:
+            kind = self._next_line_kind
+            self._kind = kind
+            if kind is not FrameKind.COMMAND:
+                self._tag = self._hold_tag
+                self._name = kind.name
+                self._sensitive = kind is FrameKind.AUTH_DATA
+                return
+            m = _COMMAND_HEAD.match(buf, start, end)
+            if m is None:
+                self._tag = _first_word(buf, start, end)
+                self._name = ""
+                return
+            self._tag = m.group(1)
+            name = m.group(2).decode("ascii", "replace").upper()
+            if name == "UID":
+                m2 = _UID_NEXT.match(buf, m.end(), end)
+                if m2 is not None:
+                    name = "UID " + m2.group(1).decode("ascii", "replace").upper()
+            self._name = name
+            self._sensitive = name in _SENSITIVE_COMMANDS
+            return
+        # server side
+        if buf.startswith(b"+", start):
+            self._kind = FrameKind.CONTINUATION
+            self._tag = None
+            self._name = "+"
+            return
+        m = _RESPONSE_HEAD.match(buf, start, end)
+        if m is None:
+            self._kind = FrameKind.DATA
+            self._tag = _first_word(buf, start, end)
+            self._name = ""
+            self._greeting_pending = False
+            return
+        tag = m.group(1)
+        name = m.group(3).decode("ascii", "replace").upper()
+        number = m.group(2)
+        self._name = name
+        if tag == b"*":
+            self._tag = None
+            if number is not None:
+                self._number = int(number)
+                self._kind = FrameKind.DATA
+            elif name in _STATUS_NAMES:
+                self._kind = FrameKind.GREETING if self._greeting_pending else FrameKind.STATUS
+            else:
+                self._kind = FrameKind.DATA
+        else:
+            self._tag = tag
+            if number is None and name in _COMPLETION_NAMES:
+                self._kind = FrameKind.STATUS
+            else:
+                self._kind = FrameKind.DATA  # malformed; the parser will say so
+        self._greeting_pending = False
+
+    def _literal_at(self, line_start: int, text_end: int) -> LiteralSpec | None:
+        buf = self._buf
+        m = _LITERAL_TAIL.search(buf, max(line_start, text_end - 26), text_end)
+        if m is None:
+            return None
+        digits = m.group(2)
+        if len(digits) > 20:
+            self._fail("literal length overflow", limit="max_literal_bytes")
+        size = int(digits)
+        binary = bool(m.group(1))
+        nonsync_marker = bool(m.group(3))
+        sync = self.side is Side.CLIENT and not nonsync_marker
+        limit = self.limits.max_literal(self.authenticated)
+        limit_name = (
+            "max_literal_bytes" if self.authenticated else "max_literal_bytes_unauthenticated"
+        )
+        if size > limit:
+            if sync and self._kind is FrameKind.COMMAND and self._first_part:
+                # Nothing of this message has been passed on yet and the client waits for
+                # "+": refuse it, skip the line, and the stream stays in step.
+                self._refuse_line(text_end, "[TOOBIG] literal too large", limit_name)
+            self._fail("literal too large", limit=limit_name, toobig=True)
+        if (
+            self.side is Side.CLIENT
+            and nonsync_marker
+            and self.max_nonsync_literal is not None
+            and size > self.max_nonsync_literal
+        ):
+            # RFC 7888 §4: with only LITERAL- a larger non-synchronising literal is an
+            # error, and its bytes are already on their way: the stream cannot be trusted.
+            self._fail(
+                "non-synchronising literal larger than LITERAL- allows",
+                limit="max_nonsync_literal_minus",
+                toobig=True,
+            )
+        return LiteralSpec(size, sync, binary, nonsync_marker)
+
+    def _emit_part(
+        self,
+        end: int,
+        *,
+        final: bool,
+        literal: LiteralSpec | None = None,
+        streamed: bool = False,
+    ) -> Frame:
+        start = self._part_start
+        first = self._first_part
+        self._first_part = final
+        frame = Frame(
+            self.side,
+            self._kind,
+            bytes(self._buf[start:end]),
+            self._tag,
+            self._name,
+            number=self._number,
+            first=first,
+            final=final,
+            literal=literal,
+            streamed=streamed,
+            sensitive=self._sensitive,
+        )
+        self._pos = end
+        if final:
+            self._in_message = False
+            self._after_message()
+        self._part_start = end
+        self._line_start = end
+        self._scan = end
+        self._lit_end = end
+        self._part_literal_bytes = 0
+        if final:
+            self._maybe_compact()
+        return frame
+
+    def _after_message(self) -> None:
+        """Decide how the client's next bytes are to be read, once a message is complete."""
+        if self.side is not Side.CLIENT:
+            return
+        kind = self._kind
+        if kind is FrameKind.COMMAND:
+            name = self._name
+            if name == "AUTHENTICATE":
+                self._enter_hold(Hold.AUTHENTICATE, self._tag)
+            elif name == "IDLE":
+                self._enter_hold(Hold.IDLE, self._tag)
+            elif name == "STARTTLS":
+                self._enter_hold(Hold.STARTTLS, self._tag)
+            elif name == "COMPRESS":
+                self._enter_hold(Hold.COMPRESS, self._tag)
+        elif kind is FrameKind.AUTH_DATA:
+            self._enter_hold(Hold.AUTHENTICATE, self._tag)
+        elif kind is FrameKind.IDLE_DONE:
+            self._next_line_kind = FrameKind.COMMAND
+            self._hold = None
+            self._hold_tag = None
+
+    def _enter_hold(self, hold: Hold, tag: bytes | None) -> None:
+        self._mode = _Mode.HOLD
+        self._hold = hold
+        self._hold_tag = tag
+
+    def _release(self, next_kind: FrameKind) -> None:
+        self._mode = _Mode.LINE
+        self._next_line_kind = next_kind
+        if next_kind is FrameKind.COMMAND:
+            self._hold = None
+            self._hold_tag = None
+        elif next_kind is FrameKind.AUTH_DATA:
+            # stays "in AUTHENTICATE" so completed() can end it without another "+"
+            self._hold = Hold.AUTHENTICATE
+
+    def _resume_literal(self) -> None:
+        """The server said "+": the client now sends the literal."""
+        self._mode = _Mode.LINE
+        self._hold = None
+        self._hold_tag = None
+        start = self._pos
+        if self._hold_streamed:
+            self._stream_remaining = self._hold_size
+            self._mode = _Mode.STREAM
+            return
+        self._part_start = start
+        self._lit_end = start + self._hold_size
+        self._line_start = self._lit_end
+        self._scan = self._lit_end
+        self._part_literal_bytes = self._hold_size
+
+    def _continue_after_literal(self, at: int) -> None:
+        self._mode = _Mode.LINE
+        self._part_start = at
+        self._line_start = at
+        self._scan = at
+        self._lit_end = at
+        self._part_literal_bytes = 0
+
+    def _end_message_abandoned(self) -> None:
+        """A synchronising literal was refused: the message ends without its literal."""
+        self._in_message = False
+        self._first_part = True
+        self._continue_after_literal(self._pos)
+
+    def _next_chunk(self) -> Event | Wait:
+        avail = len(self._buf) - self._pos
+        if avail == 0:
+            if self._eof:
+                return self._end_of_stream()
+            self._compact()
+            return NEED_DATA
+        n = min(avail, self._stream_remaining)
+        start = self._pos
+        if start == 0 and n == len(self._buf):
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._pos = 0
+        else:
+            data = bytes(self._buf[start : start + n])
+            self._pos = start + n
+        self._stream_remaining -= n
+        remaining = self._stream_remaining
+        if remaining == 0:
+            self._continue_after_literal(self._pos)
+        return LiteralChunk(self.side, data, remaining)
+
+    def _refuse_line(self, text_end: int, text: str, limit: str) -> None:
+        """Skip the rest of the current line and raise a recoverable error."""
+        tag = self._tag
+        nl = self._buf.find(b"\n", text_end)
+        self._pos = nl + 1
+        self._in_message = False
+        self._first_part = True
+        self._continue_after_literal(self._pos)
+        raise LimitExceeded(
+            text,
+            side=self.side,
+            fatal=False,
+            reply=tagged(tag, "NO", text),
+            limit=limit,
+            tag=tag,
+        )
+
+    def _fail(
+        self,
+        message: str,
+        *,
+        limit: str | None = None,
+        toobig: bool = False,
+        fatal_reply: bytes | None = None,
+    ) -> None:
+        code = "[TOOBIG] " if toobig else ""
+        if fatal_reply is None:
+            fatal_reply = bye(f"{code}{message}")
+        cls = LimitExceeded if limit is not None else ProtocolError
+        self._error = cls(
+            message, side=self.side, fatal=True, reply=fatal_reply, limit=limit, tag=self._tag
+        )
+        self._mode = _Mode.FAILED
+        raise self._error
+
+    def _end_of_stream(self) -> EndOfStream:
+        pending = self.buffered
+        clean = pending == 0 and not self._in_message and self._mode is not _Mode.STREAM
+        return EndOfStream(self.side, clean, pending)
+
+    def _maybe_compact(self) -> None:
+        if self._pos >= _COMPACT_AT or self._pos == len(self._buf):
+            self._compact()
+
+    def _compact(self) -> None:
+        pos = self._pos
+        if pos == 0:
+            return
+        del self._buf[:pos]
+        self._pos = 0
+        self._part_start -= pos
+        self._line_start -= pos
+        self._scan -= pos
+        self._lit_end -= pos
+
+
+_LITERAL_KINDS = frozenset({FrameKind.COMMAND, FrameKind.DATA})
+
+
+def _first_word(buf: bytearray, start: int, end: int) -> bytes | None:
+    sp = buf.find(b" ", start, end)
+    word = bytes(buf[start : sp if sp >= 0 else end]).rstrip(b"\r\n")
+    return word or None
