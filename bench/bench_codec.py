@@ -1,0 +1,121 @@
+"""Codec throughput benchmark (run by hand): ``python bench/bench_codec.py``.
+
+Feeds recorded-style streams through the wire codec in 64 KiB reads, as a relay would, and
+prints a table of MB/s and frames/s (median of several runs, one core).  Streams:
+
+* ``fetch-1MB``   server: ``* n FETCH (UID n BODY[] {1048576}`` + body + ``)``: streamed literals
+* ``fetch-4KB``   server: the same with 4 KiB bodies (held inline in the frame)
+* ``small-cmds``  client: a run of small pipelined commands (UID FETCH / STORE / NOOP ...)
+* ``small-resp``  server: small untagged and tagged responses (* n EXISTS, * n FETCH (FLAGS))
+* ``parse-small`` frame + parse of the small commands into typed structures
+
+Targets (issue #2): >= 1 GB/s of literal payload, >= 150,000 small frames/s per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+from imapproxy.wire import NEED_DATA, PAUSED, Decoder, Frame, LiteralChunk, Side, parse_frame
+
+READ = 64 * 1024
+
+
+def fetch_stream(count: int, size: int) -> bytes:
+    body = (b"X" * 76 + b"\r\n") * (size // 78) + b"Y" * (size % 78)
+    assert len(body) == size
+    parts = [b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n"]
+    for i in range(1, count + 1):
+        parts.append(b"* %d FETCH (UID %d BODY[] {%d}\r\n" % (i, i + 1000, size))
+        parts.append(body)
+        parts.append(b")\r\n")
+    parts.append(b"a1 OK FETCH completed\r\n")
+    return b"".join(parts)
+
+
+def small_commands(count: int) -> bytes:
+    templates = [
+        b"a%d UID FETCH 1:* (FLAGS UID)\r\n",
+        b"a%d NOOP\r\n",
+        b'a%d UID STORE 4827 +FLAGS (\\Seen)\r\n',
+        b'a%d SELECT "INBOX"\r\n',
+        b"a%d UID SEARCH UNSEEN SINCE 1-Feb-2024\r\n",
+        b"a%d STATUS INBOX (MESSAGES UNSEEN UIDNEXT)\r\n",
+    ]
+    return b"".join(templates[i % len(templates)] % i for i in range(count))
+
+
+def small_responses(count: int) -> bytes:
+    templates = [
+        b"* %d EXISTS\r\n",
+        b"* %d FETCH (FLAGS (\\Seen \\Answered) UID 48213)\r\n",
+        b"a%d OK UID STORE completed\r\n",
+        b"* %d EXPUNGE\r\n",
+        b'* LIST (\\HasNoChildren) "/" "Archive/%d"\r\n',
+    ]
+    return b"".join(templates[i % len(templates)] % i for i in range(count))
+
+
+def run_decoder(side: Side, data: bytes, parse: bool = False) -> tuple[int, int]:
+    """Feed data in READ-sized pieces; return (frames, literal bytes)."""
+    dec = Decoder(side)
+    dec.authenticated = True  # as after LOGIN: large literals allowed
+    frames = 0
+    literal = 0
+    mv = memoryview(data)
+    for start in range(0, len(data), READ):
+        dec.receive_data(bytes(mv[start : start + READ]))
+        while True:
+            ev = dec.next_event()
+            if ev is NEED_DATA:
+                break
+            if ev is PAUSED:
+                raise RuntimeError("unexpected pause")
+            if type(ev) is Frame:
+                frames += 1
+                if parse and ev.first:
+                    parse_frame(ev)
+            elif type(ev) is LiteralChunk:
+                literal += len(ev.data)
+    return frames, literal
+
+
+def measure(fn: Callable[[], tuple[int, int]], repeat: int) -> tuple[float, int, int]:
+    times = []
+    result = (0, 0)
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result[0], result[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--scale", type=float, default=1.0, help="stream size multiplier")
+    args = ap.parse_args()
+    s = args.scale
+    cases: list[tuple[str, Side, bytes, bool]] = [
+        ("fetch-1MB", Side.SERVER, fetch_stream(int(200 * s), 1024 * 1024), False),
+        ("fetch-4KB", Side.SERVER, fetch_stream(int(20_000 * s), 4096), False),
+        ("small-cmds", Side.CLIENT, small_commands(int(300_000 * s)), False),
+        ("small-resp", Side.SERVER, small_responses(int(300_000 * s)), False),
+        ("parse-small", Side.CLIENT, small_commands(int(100_000 * s)), True),
+    ]
+    print(f"{'stream':<12} {'bytes':>12} {'frames':>9} {'median s':>9} "
+          f"{'MB/s':>9} {'frames/s':>11} {'literal MB/s':>13}")
+    for name, side, data, parse in cases:
+        secs, frames, literal = measure(lambda: run_decoder(side, data, parse), args.repeat)
+        print(
+            f"{name:<12} {len(data):>12,} {frames:>9,} {secs:>9.3f} "
+            f"{len(data) / secs / 1e6:>9.0f} {frames / secs:>11,.0f} "
+            f"{literal / secs / 1e6 if literal else float('nan'):>13.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Capability mediation: what the client is told the proxy-plus-server can do.
+
+Capabilities reach the client three ways (RFC 9051 §7.2.2, §7.1): in the greeting's
+``[CAPABILITY ...]`` code, in ``* CAPABILITY`` data, and in a tagged ``OK [CAPABILITY ...]``
+(typically after login).  All three are rewritten by the same rules, changing only the list
+itself and keeping every other byte of the response:
+
+* ``STARTTLS`` is advertised exactly when the proxy offers it on this client connection
+  (plain listener with a certificate, TLS not yet up) - never the upstream's own;
+* ``LOGINDISABLED`` is added on a plain connection when TLS is required before login, and
+  then ``AUTH=`` mechanisms are withheld too (RFC 3501 §6.2.3: login is unavailable);
+* ``COMPRESS=...`` is removed: the proxy cannot inspect compressed traffic (RFC 4978);
+* ``AUTH=...-PLUS`` (SASL channel binding) is removed: the client's TLS channel ends at the
+  proxy, so a binding to it could never verify upstream.
+
+Everything else, unknown extensions included, passes unchanged and in order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .wire.events import Frame, FrameKind
+
+_DATA_LIST = re.compile(rb"\* CAPABILITY( [^\r\n]*)?(?=\r?\n)", re.IGNORECASE)
+_CODE_LIST = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityPolicy:
+    offer_starttls: bool = False
+    login_disabled: bool = False
+
+
+def mediate_list(caps: list[bytes], policy: CapabilityPolicy) -> list[bytes]:
+    out: list[bytes] = []
+    for cap in caps:
+        upper = cap.upper()
+        if upper.startswith(b"COMPRESS="):
+            continue
+        if upper == b"STARTTLS" and not policy.offer_starttls:
+            continue
+        if upper.startswith(b"AUTH=") and (upper.endswith(b"-PLUS") or policy.login_disabled):
+            continue
+        out.append(cap)
+    present = {c.upper() for c in out}
+    if policy.offer_starttls and b"STARTTLS" not in present:
+        out.append(b"STARTTLS")
+    if policy.login_disabled and b"LOGINDISABLED" not in present:
+        out.append(b"LOGINDISABLED")
+    return out
+
+
+def mediate_frame(frame: Frame, policy: CapabilityPolicy) -> bytes | None:
+    """New bytes for a frame that carries capabilities and needs changing, else None."""
+    kind = frame.kind
+    if kind is FrameKind.DATA:
+        if frame.name != "CAPABILITY" or not frame.final:
+            return None
+        pattern = _DATA_LIST
+    elif kind is FrameKind.STATUS or kind is FrameKind.GREETING:
+        pattern = _CODE_LIST
+    else:
+        return None
+    raw = frame.raw
+    m = pattern.search(raw)
+    if m is None:
+        return None
+    listed = m.group(1) or b""
+    caps = listed.split()
+    new = mediate_list(caps, policy)
+    if new == caps:
+        return None
+    start, end = m.span(1) if m.group(1) is not None else (m.end() - 1, m.end() - 1)
+    if pattern is _DATA_LIST and m.group(1) is None:
+        start = end = m.end()
+    return raw[:start] + b"".join(b" " + c for c in new) + raw[end:]

@@ -1,0 +1,158 @@
+"""Command line: ``imapproxy run ...`` (the composition root: config, TLS, taps, signals)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .config import (
+    Endpoint,
+    ListenerConfig,
+    ProxyConfig,
+    SessionLimits,
+    Timeouts,
+    UpstreamConfig,
+    UpstreamTls,
+)
+from .server import Proxy
+from .session import Tap
+from .transcript import TranscriptWriter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imapproxy", description="IMAP proxy and inspector")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="plain IMAP listener (offers STARTTLS when --cert is given); repeatable",
+    )
+    run.add_argument(
+        "--listen-tls",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="implicit-TLS listener (port 993 style); repeatable",
+    )
+    run.add_argument("--cert", metavar="FILE", help="server certificate chain (PEM)")
+    run.add_argument("--key", metavar="FILE", help="server private key (PEM)")
+    run.add_argument("--upstream", required=True, metavar="HOST:PORT", help="IMAP server")
+    run.add_argument(
+        "--upstream-tls",
+        choices=[m.value for m in UpstreamTls],
+        default="none",
+        help="TLS to the upstream: implicit, starttls or none (default: none)",
+    )
+    run.add_argument("--upstream-ca", metavar="FILE", help="CA bundle for the upstream")
+    run.add_argument(
+        "--upstream-insecure",
+        action="store_true",
+        help="do not verify the upstream's certificate (logged as a warning)",
+    )
+    run.add_argument(
+        "--upstream-name",
+        metavar="NAME",
+        help="name to send as SNI and verify the upstream certificate against (default: host)",
+    )
+    run.add_argument(
+        "--require-tls-for-login",
+        action="store_true",
+        help="refuse LOGIN/AUTHENTICATE on plaintext client connections (LOGINDISABLED)",
+    )
+    run.add_argument("--max-sessions", type=int, default=SessionLimits.max_sessions)
+    run.add_argument(
+        "--max-sessions-per-address", type=int, default=SessionLimits.max_sessions_per_address
+    )
+    run.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=Timeouts.idle_authenticated,
+        metavar="SECONDS",
+        help="idle timeout once authenticated (RFC 9051: at least 1800)",
+    )
+    run.add_argument(
+        "--shutdown-drain",
+        type=float,
+        default=Timeouts.shutdown_drain,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long sessions may finish before BYE",
+    )
+    run.add_argument(
+        "--transcript",
+        action="store_true",
+        help="print every command and response (secrets redacted) to stdout",
+    )
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ProxyConfig:
+    listeners = [ListenerConfig(Endpoint.parse(a), implicit_tls=False) for a in args.listen]
+    listeners += [ListenerConfig(Endpoint.parse(a), implicit_tls=True) for a in args.listen_tls]
+    if not listeners:
+        raise ValueError("give at least one --listen or --listen-tls")
+    upstream = UpstreamConfig(
+        endpoint=Endpoint.parse(args.upstream),
+        tls=UpstreamTls(args.upstream_tls),
+        ca_file=args.upstream_ca,
+        insecure=args.upstream_insecure,
+        server_hostname=args.upstream_name,
+    )
+    if args.idle_timeout < 1800:
+        logging.getLogger("imapproxy").warning(
+            "--idle-timeout %.0f is below the 30 minutes RFC 9051 §5.4 requires", args.idle_timeout
+        )
+    return ProxyConfig(
+        listeners=tuple(listeners),
+        upstream=upstream,
+        cert_file=args.cert,
+        key_file=args.key,
+        require_tls_for_login=args.require_tls_for_login,
+        timeouts=Timeouts(idle_authenticated=args.idle_timeout, shutdown_drain=args.shutdown_drain),
+        session_limits=SessionLimits(
+            max_sessions=args.max_sessions,
+            max_sessions_per_address=args.max_sessions_per_address,
+        ),
+    )
+
+
+async def _run(proxy: Proxy) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logging.getLogger("imapproxy").info(
+                    "got %s: shutting down", signal.Signals(signum).name
+                )
+                proxy.shutdown()
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = config_from_args(args)
+        taps: list[Tap] = [TranscriptWriter(sys.stdout)] if args.transcript else []
+        proxy = Proxy(config, taps=taps)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    trio.run(_run, proxy)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

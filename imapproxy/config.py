@@ -1,0 +1,111 @@
+"""Proxy configuration: frozen values built once (by the CLI or a test) and passed in."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .wire.limits import DEFAULT_LIMITS, Limits
+
+
+class UpstreamTls(enum.Enum):
+    IMPLICIT = "implicit"  # TLS from the first byte (port 993 style)
+    STARTTLS = "starttls"  # plain greeting, then STARTTLS; refusal is a hard failure
+    NONE = "none"  # plaintext (loopback / trusted networks only)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """``HOST:PORT``, ``[IPv6]:PORT``."""
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+            if not sep:
+                raise ValueError(f"bad address {text!r}: expected [IPv6]:PORT")
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep or not host:
+                raise ValueError(f"bad address {text!r}: expected HOST:PORT")
+            if ":" in host:
+                raise ValueError(f"bad address {text!r}: write IPv6 addresses as [ADDR]:PORT")
+        try:
+            number = int(port)
+        except ValueError:
+            raise ValueError(f"bad port in {text!r}") from None
+        if not 0 <= number <= 65535:
+            raise ValueError(f"port out of range in {text!r}")
+        return cls(host, number)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    endpoint: Endpoint
+    implicit_tls: bool  # True: TLS from the first byte; False: plain, STARTTLS if a cert is set
+
+    @property
+    def name(self) -> str:
+        return ("imaps" if self.implicit_tls else "imap") + f"@{self.endpoint}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    endpoint: Endpoint
+    tls: UpstreamTls = UpstreamTls.NONE
+    ca_file: str | None = None  # None: the system's CAs
+    insecure: bool = False  # skip certificate and hostname verification (logged loudly)
+    server_hostname: str | None = None  # SNI / verification name; default: the host
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    # Seconds.  IMAP clients start their TLS handshake at once; 10 s covers slow links.
+    tls_handshake: float = 10.0
+    # Connecting to the upstream and reading its greeting (and upstream STARTTLS).
+    upstream_connect: float = 10.0
+    upstream_greeting: float = 10.0
+    # Before login a silent client is probably a scanner.
+    idle_unauthenticated: float = 120.0
+    # RFC 9051 §5.4: at least 30 minutes once authenticated; IDLE clients re-issue IDLE
+    # at least every 29 minutes, which counts as activity.
+    idle_authenticated: float = 31 * 60.0
+    # Graceful shutdown: how long sessions may go on after the listeners close.
+    shutdown_drain: float = 10.0
+    # Writing a last BYE to a client that does not read must not hold anything up.
+    farewell: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    max_sessions: int = 10_000
+    max_sessions_per_address: int = 100
+    read_size: int = 256 * 1024  # bytes per receive call
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listeners: tuple[ListenerConfig, ...]
+    upstream: UpstreamConfig
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Refuse LOGIN/AUTHENTICATE on a plaintext client connection (advertise LOGINDISABLED).
+    require_tls_for_login: bool = False
+    limits: Limits = DEFAULT_LIMITS
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    session_limits: SessionLimits = field(default_factory=SessionLimits)
+
+    def __post_init__(self) -> None:
+        if not self.listeners:
+            raise ValueError("at least one listener is needed")
+        if any(lc.implicit_tls for lc in self.listeners) and not (self.cert_file and self.key_file):
+            raise ValueError("--listen-tls needs --cert and --key")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--cert and --key go together")
+        if self.require_tls_for_login and not self.cert_file:
+            raise ValueError("requiring TLS for login needs --cert and --key (for STARTTLS)")

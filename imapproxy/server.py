@@ -1,0 +1,164 @@
+"""Listeners, admission limits and graceful shutdown.
+
+Every accepted connection becomes a :class:`~imapproxy.session.Session` in one handler
+nursery.  Sessions are independent: a session's failure is logged and ends that session only.
+
+Shutdown (``Proxy.shutdown()``, wired to SIGTERM/SIGINT by the CLI): the listeners close at
+once; sessions may finish on their own until ``timeouts.shutdown_drain`` has passed; then
+each remaining session gets ``* BYE [UNAVAILABLE] shutting down`` and is closed.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+
+import trio
+
+from .config import ListenerConfig, ProxyConfig, UpstreamTls
+from .session import Session, Tap
+from .tls import server_context, upstream_context
+
+log = logging.getLogger("imapproxy.server")
+
+
+class Proxy:
+    def __init__(self, config: ProxyConfig, *, taps: Sequence[Tap] = ()) -> None:
+        self.config = config
+        self.taps = tuple(taps)
+        self.server_ssl = (
+            server_context(config.cert_file, config.key_file)
+            if config.cert_file and config.key_file
+            else None
+        )
+        up = config.upstream
+        self.upstream_ssl = upstream_context(up) if up.tls is not UpstreamTls.NONE else None
+        self.sessions: set[Session] = set()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}"
+        self._accept_scope: trio.CancelScope | None = None
+        self._shutdown = trio.Event()
+        self._session_ended = trio.Event()
+        self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until shutdown; ``task_status.started`` gets the bound (host, port)s."""
+        listeners: list[tuple[ListenerConfig, trio.SocketListener]] = []
+        for lc in self.config.listeners:
+            for sock_listener in await trio.open_tcp_listeners(
+                lc.endpoint.port, host=lc.endpoint.host
+            ):
+                listeners.append((lc, sock_listener))
+                addr = sock_listener.socket.getsockname()
+                self.bound.append((lc, (addr[0], addr[1])))
+                log.info(
+                    "listening on %s (%s)",
+                    _fmt(addr),
+                    "implicit TLS"
+                    if lc.implicit_tls
+                    else "plain/STARTTLS"
+                    if self.server_ssl
+                    else "plain",
+                )
+        async with trio.open_nursery() as handlers:
+            with trio.CancelScope() as accept_scope:
+                self._accept_scope = accept_scope
+                async with trio.open_nursery() as acceptors:
+                    for lc, sock_listener in listeners:
+                        acceptors.start_soon(self._accept_loop, lc, sock_listener, handlers)
+                    task_status.started([addr for _, addr in self.bound])
+                    await self._shutdown.wait()
+                    acceptors.cancel_scope.cancel()
+            for _, sock_listener in listeners:
+                await trio.aclose_forcefully(sock_listener)
+            log.info(
+                "shutting down: listeners closed, %d sessions draining for up to %.0fs",
+                len(self.sessions),
+                self.config.timeouts.shutdown_drain,
+            )
+            with trio.move_on_after(self.config.timeouts.shutdown_drain):
+                while self.sessions:
+                    self._session_ended = trio.Event()
+                    await self._session_ended.wait()
+            for session in list(self.sessions):
+                session.shutdown()
+        log.info("shut down")
+
+    async def _accept_loop(
+        self, lc: ListenerConfig, listener: trio.SocketListener, handlers: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # e.g. EMFILE: keep serving the others
+                log.error("accept failed on %s: %s", lc.name, exc)
+                await trio.sleep(0.1)
+                continue
+            handlers.start_soon(self._handle, lc, stream)
+
+    async def _handle(self, lc: ListenerConfig, stream: trio.SocketStream) -> None:
+        try:
+            peer_addr = stream.socket.getpeername()
+            address = peer_addr[0]
+            peer = _fmt(peer_addr)
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        limits = self.config.session_limits
+        refusal = None
+        if len(self.sessions) >= limits.max_sessions:
+            refusal = "too many sessions"
+        elif self._per_address[address] >= limits.max_sessions_per_address:
+            refusal = "too many sessions from your address"
+        sid = f"{self._prefix}-{next(self._ids)}"
+        if refusal is not None:
+            log.warning("session %s refused peer=%s: %s", sid, peer, refusal)
+            await self._refuse(lc, stream, refusal)
+            return
+        session = Session(
+            session_id=sid,
+            stream=stream,
+            peer=peer,
+            listener=lc,
+            config=self.config,
+            server_ssl=self.server_ssl,
+            upstream_ssl=self.upstream_ssl,
+            taps=self.taps,
+        )
+        self.sessions.add(session)
+        self._per_address[address] += 1
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self._session_ended.set()
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+
+    async def _refuse(self, lc: ListenerConfig, stream: trio.SocketStream, text: str) -> None:
+        out: trio.abc.Stream = stream
+        bye = f"* BYE [UNAVAILABLE] {text}\r\n".encode()
+        with trio.move_on_after(self.config.timeouts.farewell):
+            try:
+                if lc.implicit_tls and self.server_ssl is not None:
+                    out = trio.SSLStream(stream, self.server_ssl, server_side=True)
+                    await out.do_handshake()
+                await out.send_all(bye)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(out)
+
+
+def _fmt(addr: tuple[object, ...]) -> str:
+    host, port = str(addr[0]), addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

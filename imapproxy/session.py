@@ -1,0 +1,681 @@
+"""One proxied IMAP session on Trio: client leg, upstream leg, two pumps in one nursery.
+
+Theory of operation
+-------------------
+* Set-up, in order: TLS handshake with the client (implicit-TLS listeners), connect to the
+  upstream (TLS or STARTTLS as configured), read its greeting, send the greeting on to the
+  client with its capabilities mediated.  Any failure before the greeting gives the client
+  ``* BYE [UNAVAILABLE] <reason>`` and closes.
+* Then two pumps run in one nursery: client→upstream and upstream→client.  Each feeds the
+  bytes it reads into the shared sans-IO :class:`~imapproxy.wire.Conversation` and forwards
+  the frames that come out: their original bytes, unchanged, except the capability lists
+  (see :mod:`imapproxy.capabilities`) and the commands the proxy answers itself (STARTTLS,
+  COMPRESS, and LOGIN/AUTHENTICATE while TLS is required first).
+* When the client decoder pauses (it waits for the server's ``+`` or tagged answer), the
+  client pump stops reading and waits to be woken by the server pump, which processes the
+  answer *before* forwarding it.  So the client's next bytes are always read the way the
+  server will read them, and early bytes wait in the kernel's buffer, not ours.
+* Output is batched: frames are collected while the decoder has complete frames buffered
+  and written in one ``send_all`` when it needs more input, so pipelined commands cost one
+  write per read, not one per frame.
+* Either pump ending (EOF, error, LOGOUT) cancels the nursery; ``finally`` closes both
+  streams.  Nothing that happens here can reach another session or the listener.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from .capabilities import CapabilityPolicy, mediate_frame
+from .config import ListenerConfig, ProxyConfig, UpstreamTls
+from .wire import (
+    NEED_DATA,
+    PAUSED,
+    Conversation,
+    EndOfStream,
+    Frame,
+    FrameKind,
+    LiteralChunk,
+    Phase,
+    ProtocolError,
+    parse_command,
+    string_value,
+)
+
+log = logging.getLogger("imapproxy.session")
+
+_PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
+_CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
+_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
+
+
+class Tap(Protocol):
+    """Something that watches the relayed traffic (a transcript, later metrics)."""
+
+    def frame(self, session_id: str, frame: Frame, *, to_upstream: bool) -> None: ...
+
+    def chunk(self, session_id: str, chunk: LiteralChunk, *, to_upstream: bool) -> None: ...
+
+    def note(self, session_id: str, text: str) -> None: ...
+
+
+class SessionEnd(Exception):
+    """Ends a session with a reason (a closed set, fit for metric labels) and a BYE."""
+
+    def __init__(self, reason: str, detail: str, bye: bytes | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.bye = bye
+
+
+def unavailable(reason: str, detail: str) -> SessionEnd:
+    text = detail.replace("\r", " ").replace("\n", " ")
+    return SessionEnd(
+        reason, detail, b"* BYE [UNAVAILABLE] " + text.encode("ascii", "replace") + b"\r\n"
+    )
+
+
+@dataclass(slots=True)
+class SessionStats:
+    bytes_from_client: int = 0
+    bytes_from_upstream: int = 0
+    starttls_injected: int = 0
+
+
+class Session:
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        stream: trio.abc.Stream,
+        peer: str,
+        listener: ListenerConfig,
+        config: ProxyConfig,
+        server_ssl: ssl.SSLContext | None,
+        upstream_ssl: ssl.SSLContext | None,
+        taps: Sequence[Tap] = (),
+    ) -> None:
+        self.id = session_id
+        self.client: trio.abc.Stream = stream
+        self.upstream: trio.abc.Stream | None = None
+        self.peer = peer
+        self.listener = listener
+        self.config = config
+        self.server_ssl = server_ssl
+        self.upstream_ssl = upstream_ssl
+        self.taps = tuple(taps)
+        self.conv = Conversation(config.limits)
+        self.stats = SessionStats()
+        self.client_tls: str | None = None
+        self.user: str | None = None
+        self._pending_users: dict[bytes, str] = {}
+        self._login_parts: list[bytes] = []
+        self._client_lock = trio.Lock()
+        self._wake: trio.Event | None = None
+        self._relay_scope: trio.CancelScope | None = None
+        self._end: SessionEnd | None = None
+        self._drop_tag: bytes | None = None  # rest of a refused message is not forwarded
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        end = SessionEnd("error", "internal error")
+        try:
+            end = await self._run()
+        except Exception as exc:  # one session's bug must never reach the listener
+            log.exception("session %s: internal error", self.id)
+            end = SessionEnd("error", f"internal error: {type(exc).__name__}")
+            await self._farewell(b"* BYE [UNAVAILABLE] internal proxy error\r\n")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.client)
+                if self.upstream is not None:
+                    await trio.aclose_forcefully(self.upstream)
+            log.info(
+                "session %s end peer=%s listener=%s tls=%s user=%s in=%d out=%d "
+                "duration=%.3fs reason=%s detail=%s",
+                self.id,
+                self.peer,
+                self.listener.name,
+                self.client_tls or "none",
+                self.user or "-",
+                self.stats.bytes_from_client,
+                self.stats.bytes_from_upstream,
+                time.monotonic() - started,
+                end.reason,
+                end.detail,
+            )
+            for tap in self.taps:
+                tap.note(self.id, f"session end: {end.reason} ({end.detail})")
+
+    def shutdown(self, text: str = "shutting down") -> None:
+        """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
+        if self._end is None:
+            self._end = unavailable("shutdown", text)
+        if self._relay_scope is not None:
+            self._relay_scope.cancel()
+
+    async def _run(self) -> SessionEnd:
+        timeouts = self.config.timeouts
+        log.info("session %s start peer=%s listener=%s", self.id, self.peer, self.listener.name)
+        if self.listener.implicit_tls:
+            try:
+                await self._start_client_tls()
+            except SessionEnd as end:
+                return end
+        try:
+            with trio.fail_after(timeouts.upstream_connect + timeouts.upstream_greeting):
+                greeting = await self._open_upstream()
+        except SessionEnd as end:
+            await self._farewell(end.bye)
+            return end
+        except trio.TooSlowError:
+            end = unavailable("upstream_unavailable", "upstream did not answer in time")
+            await self._farewell(end.bye)
+            return end
+        with trio.CancelScope() as scope:
+            self._relay_scope = scope
+            if self._end is not None:  # shutdown requested during set-up
+                scope.cancel()
+            self._touch()
+            try:
+                await self._send_client(self._mediated(greeting))
+                self._tap_frame(greeting, to_upstream=False)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guard, self._pump_client, nursery.cancel_scope)
+                    nursery.start_soon(self._guard, self._pump_upstream, nursery.cancel_scope)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._end = self._end or SessionEnd("connection_lost", f"connection lost: {exc}")
+        if self._end is None:
+            if scope.cancelled_caught:
+                self._end = SessionEnd(
+                    "idle_timeout",
+                    "idle timeout",
+                    b"* BYE Autologout; idle for too long\r\n",
+                )
+            else:
+                self._end = SessionEnd("closed", "closed")
+        await self._farewell(self._end.bye)
+        return self._end
+
+    # ------------------------------------------------------------ TLS, upstream
+
+    async def _start_client_tls(self) -> None:
+        assert self.server_ssl is not None
+        tls = trio.SSLStream(self.client, self.server_ssl, server_side=True)
+        self.client = tls
+        try:
+            with trio.fail_after(self.config.timeouts.tls_handshake):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            raise SessionEnd("tls_failed", "client TLS handshake timed out") from None
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__ or exc
+            raise SessionEnd("tls_failed", f"client TLS handshake failed: {cause}") from None
+        self.client_tls = tls.version() or "TLS"
+
+    async def _open_upstream(self) -> Frame:
+        up = self.config.upstream
+        host, port = up.endpoint.host, up.endpoint.port
+        try:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise unavailable(
+                "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
+            ) from None
+        self.upstream = stream
+        if up.tls is UpstreamTls.IMPLICIT:
+            await self._upstream_tls()
+        greeting = await self._read_upstream_frame()
+        if greeting.kind is not FrameKind.GREETING:
+            raise unavailable("upstream_protocol", "upstream sent no IMAP greeting")
+        if greeting.name == "BYE":
+            # The upstream refuses us; the client deserves to see why.
+            raise SessionEnd("upstream_refused", "upstream greeted with BYE", greeting.raw)
+        if up.tls is UpstreamTls.STARTTLS:
+            greeting = await self._upstream_starttls(greeting)
+        return greeting
+
+    async def _upstream_tls(self) -> None:
+        up = self.config.upstream
+        assert self.upstream is not None and self.upstream_ssl is not None
+        tls = trio.SSLStream(
+            self.upstream,
+            self.upstream_ssl,
+            server_hostname=up.server_hostname or up.endpoint.host,
+        )
+        self.upstream = tls
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__ or exc
+            detail = getattr(cause, "verify_message", None) or str(cause)
+            raise unavailable("upstream_tls_failed", f"upstream TLS failed: {detail}") from None
+
+    async def _upstream_starttls(self, greeting: Frame) -> Frame:
+        known = self.conv.capabilities
+        if known is None:
+            known = frozenset(
+                c.decode("ascii", "replace").upper()
+                for c in await self._upstream_capabilities(b"0")
+            )
+        if "STARTTLS" not in known:
+            raise unavailable(
+                "upstream_tls_failed", "upstream does not offer STARTTLS (refusing plaintext)"
+            )
+        await self._send_upstream_now(_PROXY_TAG + b"1 STARTTLS\r\n")
+        while True:
+            frame = await self._read_upstream_frame()
+            if frame.kind is FrameKind.STATUS and frame.tag == _PROXY_TAG + b"1":
+                break
+        if frame.name != "OK":
+            raise unavailable("upstream_tls_failed", "upstream refused STARTTLS")
+        injected = self.conv.server.start_tls()
+        if injected:
+            log.warning(
+                "session %s: upstream sent %d bytes after its STARTTLS OK; discarded "
+                "(response injection)",
+                self.id,
+                len(injected),
+            )
+        await self._upstream_tls()
+        # What the upstream said before TLS no longer counts (RFC 9051 §6.2.1).
+        self.conv.capabilities = None
+        caps = await self._upstream_capabilities(b"2")
+        return _with_capabilities(greeting, caps)
+
+    async def _upstream_capabilities(self, n: bytes) -> list[bytes]:
+        """Ask the upstream for its capabilities (before the client is relayed anything);
+        returns them as the upstream spelt them."""
+        tag = _PROXY_TAG + n
+        await self._send_upstream_now(tag + b" CAPABILITY\r\n")
+        caps: list[bytes] | None = None
+        while True:
+            frame = await self._read_upstream_frame()
+            if frame.kind is FrameKind.STATUS and frame.tag == tag:
+                break
+            if frame.kind is FrameKind.DATA and frame.name == "CAPABILITY":
+                m = _CAPABILITY_DATA.match(frame.raw)
+                caps = m.group(1).split() if m else []
+        if frame.name != "OK" or caps is None:
+            raise unavailable("upstream_protocol", "upstream did not answer CAPABILITY")
+        self.conv.set_capabilities(tuple(c.decode("ascii", "replace") for c in caps))
+        return caps
+
+    async def _send_upstream_now(self, data: bytes) -> None:
+        assert self.upstream is not None
+        await self.upstream.send_all(data)
+
+    async def _read_upstream_frame(self) -> Frame:
+        """One complete frame from the upstream during set-up (no literals expected)."""
+        assert self.upstream is not None
+        while True:
+            try:
+                ev = self.conv.next_server_event()
+            except ProtocolError as exc:
+                raise unavailable("upstream_protocol", f"upstream protocol error: {exc}") from None
+            if ev is NEED_DATA:
+                try:
+                    data = await self.upstream.receive_some(self.config.session_limits.read_size)
+                except trio.BrokenResourceError as exc:
+                    raise unavailable(
+                        "upstream_unavailable", f"upstream connection failed: {exc}"
+                    ) from None
+                self.stats.bytes_from_upstream += len(data)
+                self.conv.receive_server(data)
+                continue
+            if type(ev) is Frame and ev.final:
+                return ev
+            if type(ev) is EndOfStream:
+                raise unavailable("upstream_unavailable", "upstream closed the connection")
+            raise unavailable("upstream_protocol", "unexpected literal from upstream during set-up")
+
+    # ------------------------------------------------------------ pumps
+
+    def _touch(self) -> None:
+        scope = self._relay_scope
+        if scope is None:
+            return
+        t = self.config.timeouts
+        idle = (
+            t.idle_unauthenticated
+            if self.conv.phase is Phase.NOT_AUTHENTICATED
+            else t.idle_authenticated
+        )
+        scope.deadline = trio.current_time() + idle
+
+    async def _guard(
+        self, pump: Callable[[], Awaitable[None]], nursery_scope: trio.CancelScope
+    ) -> None:
+        """Run one pump; whichever ends first ends the session (and the other pump)."""
+        try:
+            await pump()
+        except SessionEnd as end:
+            self._end = self._end or end
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._end = self._end or SessionEnd("connection_lost", f"connection lost: {exc}")
+        finally:
+            nursery_scope.cancel()
+
+    async def _pump_client(self) -> None:
+        conv = self.conv
+        out: list[bytes] = []
+        size = 0
+        read_size = self.config.session_limits.read_size
+        while True:
+            try:
+                ev = conv.next_client_event()
+            except ProtocolError as exc:
+                if out:
+                    await self._send_upstream(out)
+                    out, size = [], 0
+                if exc.fatal:
+                    log.warning("session %s: client protocol error: %s", self.id, exc.message)
+                    raise SessionEnd("client_protocol_error", exc.message, exc.reply) from None
+                log.info("session %s: refused client command: %s", self.id, exc.message)
+                if exc.tag is not None:
+                    conv.pending.pop(exc.tag, None)
+                await self._send_client(exc.reply)
+                continue
+            if ev is NEED_DATA:
+                if out:
+                    await self._send_upstream(out)
+                    out, size = [], 0
+                data = await self._receive(self.client, read_size, "client")
+                if data:
+                    self.stats.bytes_from_client += len(data)
+                    self._touch()
+                conv.receive_client(data)
+                continue
+            if ev is PAUSED:
+                if out:
+                    await self._send_upstream(out)
+                    out, size = [], 0
+                if conv.client.waiting_for is not None:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                continue
+            if type(ev) is Frame:
+                if self._drop_tag is not None:
+                    if ev.tag == self._drop_tag and not ev.first:
+                        if ev.final:
+                            self._drop_tag = None
+                        continue
+                    self._drop_tag = None
+                if ev.first and ev.kind is FrameKind.COMMAND:
+                    if await self._local_command(ev):
+                        continue
+                    if ev.sensitive:
+                        self._note_login(ev)
+                elif ev.sensitive:
+                    self._note_login(ev)
+                self._tap_frame(ev, to_upstream=True)
+                out.append(ev.raw)
+                size += len(ev.raw)
+            elif type(ev) is LiteralChunk:
+                if self._drop_tag is not None:
+                    continue
+                for tap in self.taps:
+                    tap.chunk(self.id, ev, to_upstream=True)
+                out.append(ev.data)
+                size += len(ev.data)
+            else:  # EndOfStream
+                if out:
+                    await self._send_upstream(out)
+                if conv.phase is Phase.LOGOUT:
+                    raise SessionEnd("logout", "client logged out")
+                raise SessionEnd(
+                    "client_closed",
+                    "client closed the connection" + ("" if ev.clean else " mid-message"),
+                )
+            if size >= read_size:
+                await self._send_upstream(out)
+                out, size = [], 0
+
+    async def _pump_upstream(self) -> None:
+        conv = self.conv
+        assert self.upstream is not None
+        out: list[bytes] = []
+        size = 0
+        read_size = self.config.session_limits.read_size
+        while True:
+            try:
+                ev = conv.next_server_event()
+            except ProtocolError as exc:
+                if out:
+                    await self._send_client_list(out)
+                log.warning("session %s: upstream protocol error: %s", self.id, exc.message)
+                raise SessionEnd(
+                    "upstream_protocol_error",
+                    exc.message,
+                    b"* BYE [UNAVAILABLE] upstream protocol error\r\n",
+                ) from None
+            if ev is NEED_DATA:
+                if out:
+                    await self._send_client_list(out)
+                    out, size = [], 0
+                data = await self._receive(self.upstream, read_size, "upstream")
+                self.stats.bytes_from_upstream += len(data)
+                conv.receive_server(data)
+                continue
+            if type(ev) is Frame:
+                kind = ev.kind
+                raw = ev.raw
+                if kind is FrameKind.STATUS:
+                    if ev.tag is not None:
+                        self._completed(ev)
+                    mediated = self._mediated(ev)
+                    if mediated is not raw:
+                        raw = mediated
+                elif kind is FrameKind.CONTINUATION:
+                    self._wake_client()
+                elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
+                    raw = self._mediated(ev)
+                self._tap_frame(ev, to_upstream=False)
+                out.append(raw)
+                size += len(raw)
+            elif type(ev) is LiteralChunk:
+                for tap in self.taps:
+                    tap.chunk(self.id, ev, to_upstream=False)
+                out.append(ev.data)
+                size += len(ev.data)
+            elif type(ev) is EndOfStream:
+                if out:
+                    await self._send_client_list(out)
+                if conv.phase is Phase.LOGOUT:
+                    raise SessionEnd("logout", "logged out")
+                raise unavailable("upstream_closed", "upstream closed the connection")
+            if size >= read_size:
+                await self._send_client_list(out)
+                out, size = [], 0
+
+    async def _receive(self, stream: trio.abc.Stream, n: int, who: str) -> bytes:
+        try:
+            return bytes(await stream.receive_some(n))
+        except trio.BrokenResourceError as exc:
+            if who == "client":
+                raise SessionEnd("client_closed", f"client connection broken: {exc}") from None
+            raise unavailable("upstream_closed", "upstream connection broken") from None
+
+    def _wake_client(self) -> None:
+        wake = self._wake
+        if wake is not None and self.conv.client.waiting_for is None:
+            wake.set()
+
+    def _completed(self, frame: Frame) -> None:
+        """A tagged completion from upstream (after Conversation processed it)."""
+        self._wake_client()
+        tag = frame.tag
+        assert tag is not None
+        user = self._pending_users.pop(tag, None)
+        if user is not None and frame.name == "OK":
+            self.user = user
+            log.info("session %s: authenticated as %s", self.id, user)
+        self._touch()
+
+    # ------------------------------------------------------------ local answers
+
+    async def _local_command(self, frame: Frame) -> bool:
+        """Commands the proxy answers itself.  Returns True when handled (not forwarded)."""
+        name = frame.name
+        tag = frame.tag or b"*"
+        conv = self.conv
+        if name == "STARTTLS" and frame.final:
+            conv.pending.pop(tag, None)
+            if self._offers_starttls():
+                await self._client_starttls(tag)
+            else:
+                conv.client.completed(tag, "BAD")
+                await self._send_client(tag + b" BAD STARTTLS is not available here\r\n")
+            return True
+        if name == "COMPRESS" and frame.final:
+            conv.pending.pop(tag, None)
+            conv.client.completed(tag, "NO")
+            await self._send_client(
+                tag + b" NO [CANNOT] COMPRESS is not available through this proxy\r\n"
+            )
+            return True
+        if name in ("LOGIN", "AUTHENTICATE") and self._login_disabled():
+            conv.pending.pop(tag, None)
+            conv.client.completed(tag, "NO")
+            if not frame.final and not frame.waits_for_continuation:
+                self._drop_tag = frame.tag
+            await self._send_client(
+                tag + b" NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"
+            )
+            return True
+        return False
+
+    async def _client_starttls(self, tag: bytes) -> None:
+        async with self._client_lock:
+            await self.client.send_all(tag + b" OK Begin TLS negotiation now\r\n")
+            injected = self.conv.client.start_tls()
+            if injected:
+                self.stats.starttls_injected += len(injected)
+                log.warning(
+                    "session %s: discarded %d bytes the client sent after STARTTLS before "
+                    "TLS (command injection attempt)",
+                    self.id,
+                    len(injected),
+                )
+                for tap in self.taps:
+                    tap.note(self.id, f"discarded {len(injected)} bytes injected after STARTTLS")
+            await self._start_client_tls()
+
+    def _offers_starttls(self) -> bool:
+        return (
+            not self.listener.implicit_tls
+            and self.server_ssl is not None
+            and self.client_tls is None
+            and self.conv.phase is Phase.NOT_AUTHENTICATED
+        )
+
+    def _login_disabled(self) -> bool:
+        return self.config.require_tls_for_login and self.client_tls is None
+
+    def _policy(self) -> CapabilityPolicy:
+        return CapabilityPolicy(
+            offer_starttls=self._offers_starttls(),
+            login_disabled=self._login_disabled(),
+        )
+
+    def _mediated(self, frame: Frame) -> bytes:
+        new = mediate_frame(frame, self._policy())
+        return frame.raw if new is None else new
+
+    def _note_login(self, frame: Frame) -> None:
+        """Remember who is logging in (never the password) until the server answers."""
+        tag = frame.tag
+        if tag is None:
+            return
+        if frame.kind is FrameKind.COMMAND and frame.name == "LOGIN":
+            self._login_parts.append(frame.raw)
+            if not frame.final:
+                return
+            raw = b"".join(self._login_parts)
+            self._login_parts.clear()
+            try:
+                args = parse_command(raw, self.config.limits).args
+            except ProtocolError:
+                return
+            user = string_value(args[0]) if args else None
+            if user is not None:
+                self._pending_users[tag] = user.decode("utf-8", "replace")
+            return
+        data: bytes | None = None
+        if frame.kind is FrameKind.COMMAND and frame.name == "AUTHENTICATE":
+            parts = frame.raw.split()
+            if len(parts) >= 4 and parts[2].upper() == b"PLAIN":
+                data = parts[3]
+        elif frame.kind is FrameKind.AUTH_DATA:
+            data = frame.raw.strip()
+        if data is None:
+            return
+        try:
+            decoded = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return
+        fields = decoded.split(b"\x00")
+        if len(fields) == 3 and fields[1]:  # authzid \0 authcid \0 password (RFC 4616)
+            self._pending_users[tag] = fields[1].decode("utf-8", "replace")
+
+    # ------------------------------------------------------------ output
+
+    async def _send_client(self, data: bytes) -> None:
+        async with self._client_lock:
+            await self.client.send_all(data)
+
+    async def _send_client_list(self, parts: list[bytes]) -> None:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        async with self._client_lock:
+            await self.client.send_all(data)
+
+    async def _send_upstream(self, parts: list[bytes]) -> None:
+        assert self.upstream is not None
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            await self.upstream.send_all(data)
+        except trio.BrokenResourceError:
+            raise unavailable("upstream_closed", "upstream connection broken") from None
+
+    async def _farewell(self, bye: bytes | None) -> None:
+        """Best effort: tell the client why it is being disconnected."""
+        if bye is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.timeouts.farewell):
+            try:
+                async with self._client_lock:
+                    await self.client.send_all(bye)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+
+    def _tap_frame(self, frame: Frame, *, to_upstream: bool) -> None:
+        for tap in self.taps:
+            tap.frame(self.id, frame, to_upstream=to_upstream)
+
+
+def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
+    """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
+    m = _CAPABILITY_CODE.search(greeting.raw)
+    if m is None:
+        return greeting
+    raw = (
+        greeting.raw[: m.start()]
+        + b"[CAPABILITY "
+        + b" ".join(caps)
+        + b"]"
+        + greeting.raw[m.end() :]
+    )
+    return Frame(greeting.side, greeting.kind, raw, None, greeting.name)

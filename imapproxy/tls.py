@@ -1,0 +1,33 @@
+"""TLS contexts for both legs."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+from .config import UpstreamConfig
+
+log = logging.getLogger("imapproxy.tls")
+
+
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The client-facing side: our certificate, TLS 1.2 or newer."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def upstream_context(cfg: UpstreamConfig) -> ssl.SSLContext:
+    """The upstream side: verify the certificate and host name unless told not to."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.insecure:
+        log.warning(
+            "upstream TLS verification is OFF (--upstream-insecure): the upstream's "
+            "identity is not checked"
+        )
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

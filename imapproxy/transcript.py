@@ -1,0 +1,84 @@
+"""Human-readable, redacted rendering of frames for logs and live transcripts.
+
+Credentials never appear: LOGIN passwords, AUTHENTICATE initial responses and SASL data
+lines are replaced by ``***``.  Literal payloads are summarised, long lines are cut.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TextIO
+
+from .wire.events import Frame, FrameKind, LiteralChunk
+from .wire.parser import parse_command
+from .wire.tokens import string_value
+
+MAX_SHOWN = 300  # characters of one frame shown in a transcript line
+_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
+_AUTH_HEAD = re.compile(rb"([^ ]+ [Aa][Uu][Tt][Hh][Ee][Nn][Tt][Ii][Cc][Aa][Tt][Ee] [^ \r\n]+)")
+
+
+def _printable(data: bytes) -> str:
+    def esc(m: re.Match[bytes]) -> bytes:
+        c = m.group()
+        if c == b"\r":
+            return b"\\r"
+        if c == b"\n":
+            return b"\\n"
+        return b"\\x%02x" % c[0]
+
+    return _UNPRINTABLE.sub(esc, data).decode("ascii")
+
+
+def redacted(frame: Frame) -> str:
+    """The frame's text with secrets replaced and literals summarised (no CRLF)."""
+    raw = frame.raw
+    if frame.sensitive:
+        if frame.kind is FrameKind.AUTH_DATA:
+            return "***"
+        if frame.name == "AUTHENTICATE":
+            m = _AUTH_HEAD.match(raw)
+            head = m.group(1).decode("ascii", "replace") if m else "AUTHENTICATE"
+            rest = raw[m.end() :].strip() if m else b""
+            return head + (" ***" if rest else "")
+        if frame.name == "LOGIN":
+            if frame.first and frame.final:
+                try:
+                    cmd = parse_command(raw)
+                    user = string_value(cmd.args[0]) if cmd.args else None
+                except Exception:
+                    user = None
+                shown = _printable(user or b"?")
+                return f"{_printable(frame.tag or b'?')} LOGIN {shown} ***"
+            return f"{_printable(frame.tag or b'?')} LOGIN *** (part)"
+        return "***"
+    text = _printable(raw.rstrip(b"\r\n"))
+    if len(text) > MAX_SHOWN:
+        text = text[:MAX_SHOWN] + f"...(+{len(raw) - MAX_SHOWN} bytes)"
+    return text
+
+
+class TranscriptWriter:
+    """Writes one line per frame: time, session, direction, redacted text."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def frame(self, session_id: str, frame: Frame, *, to_upstream: bool) -> None:
+        arrow = "C:" if to_upstream else "S:"
+        self._line(session_id, f"{arrow} {redacted(frame)}")
+
+    def chunk(self, session_id: str, chunk: LiteralChunk, *, to_upstream: bool) -> None:
+        if chunk.remaining == 0:
+            arrow = "C:" if to_upstream else "S:"
+            self._line(session_id, f"{arrow} <end of streamed literal>")
+
+    def note(self, session_id: str, text: str) -> None:
+        self._line(session_id, f"-- {text}")
+
+    def _line(self, session_id: str, text: str) -> None:
+        t = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+        self.out.write(f"{stamp} {session_id} {text}\n")
+        self.out.flush()
