@@ -23,6 +23,9 @@ from .server import Proxy
 from .session import Tap
 from .transcript import TranscriptWriter
 
+_TIMEOUTS = Timeouts()
+_LIMITS = SessionLimits()
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imapproxy", description="IMAP proxy and inspector")
@@ -67,21 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse LOGIN/AUTHENTICATE on plaintext client connections (LOGINDISABLED)",
     )
-    run.add_argument("--max-sessions", type=int, default=SessionLimits.max_sessions)
+    run.add_argument("--max-sessions", type=int, default=_LIMITS.max_sessions)
     run.add_argument(
-        "--max-sessions-per-address", type=int, default=SessionLimits.max_sessions_per_address
+        "--max-sessions-per-address", type=int, default=_LIMITS.max_sessions_per_address
     )
     run.add_argument(
         "--idle-timeout",
         type=float,
-        default=Timeouts.idle_authenticated,
+        default=_TIMEOUTS.idle_authenticated,
         metavar="SECONDS",
         help="idle timeout once authenticated (RFC 9051: at least 1800)",
     )
     run.add_argument(
         "--shutdown-drain",
         type=float,
-        default=Timeouts.shutdown_drain,
+        default=_TIMEOUTS.shutdown_drain,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long sessions may finish before BYE",
     )

@@ -505,6 +505,8 @@ class Session:
         try:
             return bytes(await stream.receive_some(n))
         except trio.BrokenResourceError as exc:
+            if self.conv.phase is Phase.LOGOUT:
+                raise SessionEnd("logout", "logged out") from None
             if who == "client":
                 raise SessionEnd("client_closed", f"client connection broken: {exc}") from None
             raise unavailable("upstream_closed", "upstream connection broken") from None
