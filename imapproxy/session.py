@@ -55,6 +55,7 @@ from .wire import (
 log = logging.getLogger("imapproxy.session")
 
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
+_LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
 _CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
 
@@ -67,6 +68,8 @@ class Tap(Protocol):
     def chunk(self, session_id: str, chunk: LiteralChunk, *, to_upstream: bool) -> None: ...
 
     def note(self, session_id: str, text: str) -> None: ...
+
+    def session_closed(self, session_id: str) -> None: ...
 
 
 class SessionEnd(Exception):
@@ -159,6 +162,7 @@ class Session:
             )
             for tap in self.taps:
                 tap.note(self.id, f"session end: {end.reason} ({end.detail})")
+                tap.session_closed(self.id)
 
     def shutdown(self, text: str = "shutting down") -> None:
         """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
@@ -534,6 +538,10 @@ class Session:
         name = frame.name
         tag = frame.tag or b"*"
         conv = self.conv
+        if name in _LOCAL_COMMANDS:
+            self._tap_frame(frame, to_upstream=True)
+            for tap in self.taps:
+                tap.note(self.id, f"{name} answered by the proxy, not forwarded")
         if name == "STARTTLS" and frame.final:
             conv.pending.pop(tag, None)
             if self._offers_starttls():
@@ -550,6 +558,9 @@ class Session:
             )
             return True
         if name in ("LOGIN", "AUTHENTICATE") and self._login_disabled():
+            self._tap_frame(frame, to_upstream=True)
+            for tap in self.taps:
+                tap.note(self.id, f"{name} refused by the proxy: TLS required first")
             conv.pending.pop(tag, None)
             conv.client.completed(tag, "NO")
             if not frame.final and not frame.waits_for_continuation:

@@ -64,10 +64,21 @@ class TranscriptWriter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        # when each pending command was sent, to show its latency on completion
+        self._started: dict[tuple[str, bytes], float] = {}
 
     def frame(self, session_id: str, frame: Frame, *, to_upstream: bool) -> None:
         arrow = "C:" if to_upstream else "S:"
-        self._line(session_id, f"{arrow} {redacted(frame)}")
+        suffix = ""
+        if frame.tag is not None and frame.first:
+            key = (session_id, frame.tag)
+            if to_upstream and frame.kind is FrameKind.COMMAND:
+                self._started[key] = time.monotonic()
+            elif not to_upstream and frame.kind is FrameKind.STATUS:
+                began = self._started.pop(key, None)
+                if began is not None:
+                    suffix = f"  ({(time.monotonic() - began) * 1000:.1f} ms)"
+        self._line(session_id, f"{arrow} {redacted(frame)}{suffix}")
 
     def chunk(self, session_id: str, chunk: LiteralChunk, *, to_upstream: bool) -> None:
         if chunk.remaining == 0:
@@ -76,6 +87,10 @@ class TranscriptWriter:
 
     def note(self, session_id: str, text: str) -> None:
         self._line(session_id, f"-- {text}")
+
+    def session_closed(self, session_id: str) -> None:
+        for key in [k for k in self._started if k[0] == session_id]:
+            del self._started[key]
 
     def _line(self, session_id: str, text: str) -> None:
         t = time.time()
