@@ -16,11 +16,12 @@ client's answer to it can only ever be read the way the server will read it.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from .decoder import Decoder, Hold
 from .errors import ParseError, Side
-from .events import Event, Frame, FrameKind, Wait
+from .events import Event, Frame, FrameKind, LiteralChunk, Wait
 from .limits import DEFAULT_LIMITS, Limits
 from .parser import capabilities_of, parse_command, parse_response
 from .tokens import Command, string_value
@@ -42,6 +43,7 @@ class PendingCommand:
     mailbox: bytes | None = None  # SELECT / EXAMINE target
 
 
+_CAPABILITY_CODE = re.compile(rb"[^ ]+ [A-Za-z]+ \[CAPABILITY[ \]]", re.IGNORECASE)
 _SELECTING = frozenset({"SELECT", "EXAMINE"})
 _LEAVING_MAILBOX = frozenset({"CLOSE", "UNSELECT"})
 _AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
@@ -57,6 +59,7 @@ class Conversation:
         self.pending: dict[bytes, PendingCommand] = {}
         self.capabilities: frozenset[str] | None = None
         self.greeted = False
+        self._assembling: list[bytes] | None = None  # parts of a SELECT/EXAMINE so far
 
     # ------------------------------------------------------------- client side
 
@@ -65,23 +68,45 @@ class Conversation:
 
     def next_client_event(self) -> Event | Wait:
         event = self.client.next_event()
-        if type(event) is Frame and event.first and event.kind is FrameKind.COMMAND:
-            self._command_started(event)
+        if type(event) is Frame and event.kind is FrameKind.COMMAND:
+            if event.first:
+                self._command_started(event)
+            elif self._assembling is not None:
+                self._assemble(event)
+        elif type(event) is LiteralChunk:
+            self._assembling = None  # a streamed mailbox name: too large to be real
         return event
 
     def _command_started(self, frame: Frame) -> None:
         tag = frame.tag
         if tag is None:
             return
-        pending = PendingCommand(tag, frame.name)
-        if frame.name in _SELECTING and frame.final:
-            try:
-                cmd = parse_command(frame.raw, self.limits)
-            except ParseError:
-                cmd = None
-            if cmd is not None and cmd.args:
-                pending.mailbox = string_value(cmd.args[0])
-        self.pending[tag] = pending
+        self.pending[tag] = PendingCommand(tag, frame.name)
+        self._assembling = None
+        if frame.name in _SELECTING:
+            # The mailbox name may come as a synchronising literal in a later part.
+            self._assembling = [frame.raw]
+            if frame.final:
+                self._assemble_done(tag)
+
+    def _assemble(self, frame: Frame) -> None:
+        assert self._assembling is not None
+        self._assembling.append(frame.raw)
+        if frame.final and frame.tag is not None:
+            self._assemble_done(frame.tag)
+
+    def _assemble_done(self, tag: bytes) -> None:
+        parts = self._assembling or []
+        self._assembling = None
+        pending = self.pending.get(tag)
+        if pending is None:
+            return
+        try:
+            cmd = parse_command(b"".join(parts), self.limits)
+        except ParseError:
+            return
+        if cmd.args:
+            pending.mailbox = string_value(cmd.args[0])
 
     # ------------------------------------------------------------- server side
 
@@ -155,7 +180,7 @@ class Conversation:
         self.server.authenticated = authenticated
 
     def _maybe_capabilities(self, frame: Frame) -> None:
-        if frame.kind is not FrameKind.DATA and b"[CAPABILITY " not in frame.raw[:40].upper():
+        if frame.kind is not FrameKind.DATA and not _CAPABILITY_CODE.match(frame.raw):
             return
         if not frame.final:
             return

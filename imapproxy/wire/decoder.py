@@ -64,9 +64,10 @@ _UID_NEXT = re.compile(rb" ([^\x00-\x20\x7f(){%*\"\\\]]+)")
 _RESPONSE_HEAD = re.compile(
     rb"(\*|[^\x00-\x20\x7f(){%*\"\\+]+) (?:(\d{1,10}) )?([^\x00-\x20\x7f(){%*\"\\\]\[]+)"
 )
-# A literal announcement at the end of a line (the line without its CRLF).  At most 20
-# digits are looked at: anything longer is rejected as an overflow before int() sees it.
-_LITERAL_TAIL = re.compile(rb"(~?)\{(\d{1,21})(\+?)\}\Z")
+# A literal announcement at the end of a line (the line without its CRLF), matched from
+# the line's last "{" (or the "~" before it).  More than 20 digits is an overflow, rejected
+# before int() sees it.
+_LITERAL_TAIL = re.compile(rb"(~?)\{(\d+)(\+?)\}\Z")
 _STATUS_NAMES = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
 _COMPLETION_NAMES = frozenset({"OK", "NO", "BAD"})
 _SENSITIVE_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
@@ -128,6 +129,7 @@ class Decoder:
         self._number: int | None = None
         self._sensitive = False
         self._stream_remaining = 0
+        self._direct: bytes | None = None  # literal bytes received while streaming
         # client input expectations
         self._next_line_kind = FrameKind.COMMAND
         self._hold: Hold | None = None
@@ -144,17 +146,33 @@ class Decoder:
         if not data:
             self._eof = True
             return
+        if (
+            self._mode is _Mode.STREAM
+            and self._direct is None
+            and self._pos == len(self._buf)
+        ):
+            # Streaming a literal with nothing buffered: hand the received bytes on as
+            # they are, without copying them through the buffer (literal payload moves
+            # at memory speed; only a split at the literal's end costs a slice).
+            take = self._stream_remaining
+            if len(data) <= take:
+                self._direct = bytes(data)
+                return
+            self._direct = bytes(data[:take])
+            data = data[take:]
         self._buf += data
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet given out in events."""
-        return len(self._buf) - self._pos
+        direct = self._direct
+        return len(self._buf) - self._pos + (len(direct) if direct is not None else 0)
 
     @property
     def waiting_for(self) -> Hold | None:
-        """What the decoder is paused for, if anything."""
-        return self._hold if self._mode is _Mode.HOLD else None
+        """What the decoder is paused for, if anything (also after a STARTTLS/COMPRESS OK,
+        until the driver switches streams)."""
+        return self._hold if self._mode is _Mode.HOLD or self._mode is _Mode.TLS else None
 
     @property
     def waiting_tag(self) -> bytes | None:
@@ -217,7 +235,8 @@ class Decoder:
     def start_tls(self) -> bytes:
         """Switch to reading a fresh stream after STARTTLS: returns (and drops) bytes that
         were received after the STARTTLS command but before TLS: never to be interpreted."""
-        leftover = bytes(self._buf[self._pos :])
+        leftover = (self._direct or b"") + bytes(self._buf[self._pos :])
+        self._direct = None
         self._buf = bytearray()
         self._pos = 0
         self._mode = _Mode.LINE
@@ -308,12 +327,15 @@ class Decoder:
             if (
                 size > limits.inline_literal_bytes
                 or self._part_literal_bytes + size > limits.inline_literal_bytes
+                # many short lines with small (even empty) literals: cap the part itself
+                or end - self._part_start + size
+                > limits.inline_literal_bytes + limits.max_line_bytes
             ):
                 frame = self._emit_part(end, final=False, literal=spec, streamed=True)
                 self._stream_remaining = size
                 if size:
                     self._mode = _Mode.STREAM
-                else:  # pragma: no cover - size 0 is always inline
+                else:
                     self._continue_after_literal(self._pos)
                 return frame
             # Small literal: keep it inside this frame and go on with the next line.
@@ -388,7 +410,11 @@ class Decoder:
 
     def _literal_at(self, line_start: int, text_end: int) -> LiteralSpec | None:
         buf = self._buf
-        m = _LITERAL_TAIL.search(buf, max(line_start, text_end - 26), text_end)
+        brace = buf.rfind(b"{", line_start, text_end)
+        if brace < 0:
+            return None
+        start = brace - 1 if brace > line_start and buf[brace - 1] == 0x7E else brace  # "~{"
+        m = _LITERAL_TAIL.match(buf, start, text_end)
         if m is None:
             return None
         digits = m.group(2)
@@ -528,6 +554,14 @@ class Decoder:
         self._continue_after_literal(self._pos)
 
     def _next_chunk(self) -> Event | Wait:
+        direct = self._direct
+        if direct is not None:
+            self._direct = None
+            self._stream_remaining -= len(direct)
+            remaining = self._stream_remaining
+            if remaining == 0:
+                self._continue_after_literal(self._pos)
+            return LiteralChunk(self.side, direct, remaining)
         avail = len(self._buf) - self._pos
         if avail == 0:
             if self._eof:
@@ -541,7 +575,7 @@ class Decoder:
             self._buf.clear()
             self._pos = 0
         else:
-            data = bytes(self._buf[start : start + n])
+            data = bytes(memoryview(self._buf)[start : start + n])
             self._pos = start + n
         self._stream_remaining -= n
         remaining = self._stream_remaining

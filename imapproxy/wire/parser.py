@@ -37,12 +37,12 @@ from .tokens import (
 # Generic atom: anything but SP, CTL, ( ) " { and [ (a "[" opens a section that may hold
 # spaces and parentheses, e.g. BODY[HEADER.FIELDS (FROM TO)]).
 _ATOM = re.compile(rb"[^\x00-\x20\x7f()\"{\[]+")
-_SECTION = re.compile(rb"\[[^\r\n\[\]\"{]*\]")
+_SECTION = re.compile(rb"\[[^\x00-\x1f\x7f\[\]\"{]*\]")
 _LITERAL = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n")
 _DIGITS = re.compile(r"\d{1,20}\Z")
 _SEQSET = re.compile(r"[\d*$][\d*:,$]*\Z")
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")
-_QUOTED_BODY = re.compile(rb'(?:[^"\\\r\n]|\\["\\])*')
+_QUOTED_BODY = re.compile(rb'(?:[^"\\\r\n\x00]|\\["\\])*')
 _UNESCAPE = re.compile(rb'\\(["\\])')
 _NUMBER_MAX = 2**63
 _SECRET_SECOND_ARG = frozenset({"LOGIN", "AUTHENTICATE"})
@@ -97,12 +97,15 @@ class _Lexer:
                     raise self.error("unterminated list")
                 return tuple(out)
             if not first:
-                if c != 0x20:
+                if c == 0x20:
+                    pos += 1
+                    self.pos = pos
+                    if pos >= len(data):
+                        raise self.error("trailing space")
+                elif not (c == 0x28 and type(out[-1]) is ParenList):
+                    # Lists may follow lists directly: address lists in ENVELOPE,
+                    # body parts in BODYSTRUCTURE, NAMESPACE descriptors (RFC 9051 §9).
                     raise self.error("expected space between arguments")
-                pos += 1
-                self.pos = pos
-                if pos >= len(data):
-                    raise self.error("trailing space")
             first = False
             out.append(self.token(depth))
 
