@@ -56,6 +56,8 @@ log = logging.getLogger("imapproxy.session")
 
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
 _LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
+_MAYBE_LOCAL = _LOCAL_COMMANDS | {"LOGIN", "AUTHENTICATE"}
+
 _CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
 
@@ -125,8 +127,12 @@ class Session:
         self._pending_users: dict[bytes, str] = {}
         self._login_parts: list[bytes] = []
         self._client_lock = trio.Lock()
-        self._wake: trio.Event | None = None
         self._relay_scope: trio.CancelScope | None = None
+        self._setup_scope = trio.CancelScope()
+        self._paused_scope: trio.CancelScope | None = None  # a read while the client waits
+        self._no_pending: trio.Event | None = None  # set on each tagged completion
+        self._client_boundary = True  # the client's stream is between two messages
+        self._holding_client = False  # the upstream pump holds the client lock mid-message
         self._end: SessionEnd | None = None
         self._drop_tag: bytes | None = None  # rest of a refused message is not forwarded
 
@@ -134,7 +140,7 @@ class Session:
 
     async def run(self) -> None:
         started = time.monotonic()
-        end = SessionEnd("error", "internal error")
+        end = SessionEnd("cancelled", "the proxy stopped")
         try:
             end = await self._run()
         except Exception as exc:  # one session's bug must never reach the listener
@@ -170,25 +176,22 @@ class Session:
             self._end = unavailable("shutdown", text)
         if self._relay_scope is not None:
             self._relay_scope.cancel()
+        else:
+            self._setup_scope.cancel()
 
     async def _run(self) -> SessionEnd:
-        timeouts = self.config.timeouts
         log.info("session %s start peer=%s listener=%s", self.id, self.peer, self.listener.name)
-        if self.listener.implicit_tls:
+        greeting = None
+        with self._setup_scope:
             try:
-                await self._start_client_tls()
+                greeting = await self._set_up()
             except SessionEnd as end:
+                await self._farewell(end.bye)
                 return end
-        try:
-            with trio.fail_after(timeouts.upstream_connect + timeouts.upstream_greeting):
-                greeting = await self._open_upstream()
-        except SessionEnd as end:
-            await self._farewell(end.bye)
-            return end
-        except trio.TooSlowError:
-            end = unavailable("upstream_unavailable", "upstream did not answer in time")
-            await self._farewell(end.bye)
-            return end
+        if greeting is None:  # shutdown during set-up
+            assert self._end is not None
+            await self._farewell(self._end.bye)
+            return self._end
         with trio.CancelScope() as scope:
             self._relay_scope = scope
             if self._end is not None:  # shutdown requested during set-up
@@ -216,6 +219,21 @@ class Session:
 
     # ------------------------------------------------------------ TLS, upstream
 
+    async def _set_up(self) -> Frame:
+        """Client TLS (implicit listeners), then the upstream up to its greeting."""
+        timeouts = self.config.timeouts
+        if self.listener.implicit_tls:
+            await self._start_client_tls()
+        try:
+            with trio.fail_after(timeouts.upstream_connect):
+                await self._connect_upstream()
+            with trio.fail_after(timeouts.upstream_greeting):
+                return await self._upstream_greeting()
+        except trio.TooSlowError:
+            raise unavailable(
+                "upstream_unavailable", "upstream did not answer in time"
+            ) from None
+
     async def _start_client_tls(self) -> None:
         assert self.server_ssl is not None
         tls = trio.SSLStream(self.client, self.server_ssl, server_side=True)
@@ -230,7 +248,7 @@ class Session:
             raise SessionEnd("tls_failed", f"client TLS handshake failed: {cause}") from None
         self.client_tls = tls.version() or "TLS"
 
-    async def _open_upstream(self) -> Frame:
+    async def _connect_upstream(self) -> None:
         up = self.config.upstream
         host, port = up.endpoint.host, up.endpoint.port
         try:
@@ -242,6 +260,9 @@ class Session:
         self.upstream = stream
         if up.tls is UpstreamTls.IMPLICIT:
             await self._upstream_tls()
+
+    async def _upstream_greeting(self) -> Frame:
+        up = self.config.upstream
         greeting = await self._read_upstream_frame()
         if greeting.kind is not FrameKind.GREETING:
             raise unavailable("upstream_protocol", "upstream sent no IMAP greeting")
@@ -407,9 +428,21 @@ class Session:
                 if out:
                     await self._send_upstream(out)
                     out, size = [], 0
-                if conv.client.waiting_for is not None:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
+                if conv.client.waiting_for is None:
+                    continue  # released while we were writing
+                # Keep reading while the client waits for the server, so that a client
+                # that vanishes is noticed; the decoder holds what arrives (bounded by
+                # max_held_bytes).  The server pump cancels this read when its answer
+                # releases the decoder.
+                with trio.CancelScope() as paused:
+                    self._paused_scope = paused
+                    data = await self._receive(self.client, read_size, "client")
+                    self._paused_scope = None
+                    if data:
+                        self.stats.bytes_from_client += len(data)
+                        self._touch()
+                    conv.receive_client(data)
+                self._paused_scope = None
                 continue
             if type(ev) is Frame:
                 if self._drop_tag is not None:
@@ -418,7 +451,12 @@ class Session:
                             self._drop_tag = None
                         continue
                     self._drop_tag = None
-                if ev.first and ev.kind is FrameKind.COMMAND:
+                if ev.first and ev.kind is FrameKind.COMMAND and ev.name in _MAYBE_LOCAL:
+                    # what came before goes upstream first: a local answer must not
+                    # overtake the commands ahead of it
+                    if out:
+                        await self._send_upstream(out)
+                        out, size = [], 0
                     if await self._local_command(ev):
                         continue
                     if ev.sensitive:
@@ -453,57 +491,80 @@ class Session:
         assert self.upstream is not None
         out: list[bytes] = []
         size = 0
+        boundary = True  # whether `out` ends at the end of a message
         read_size = self.config.session_limits.read_size
-        while True:
-            try:
-                ev = conv.next_server_event()
-            except ProtocolError as exc:
-                if out:
-                    await self._send_client_list(out)
-                log.warning("session %s: upstream protocol error: %s", self.id, exc.message)
-                raise SessionEnd(
-                    "upstream_protocol_error",
-                    exc.message,
-                    b"* BYE [UNAVAILABLE] upstream protocol error\r\n",
-                ) from None
-            if ev is NEED_DATA:
-                if out:
-                    await self._send_client_list(out)
+        try:
+            while True:
+                try:
+                    ev = conv.next_server_event()
+                except ProtocolError as exc:
+                    if out:
+                        await self._flush_to_client(out, boundary)
+                    log.warning("session %s: upstream protocol error: %s", self.id, exc.message)
+                    raise SessionEnd(
+                        "upstream_protocol_error",
+                        exc.message,
+                        b"* BYE [UNAVAILABLE] upstream protocol error\r\n",
+                    ) from None
+                if ev is NEED_DATA:
+                    if out:
+                        await self._flush_to_client(out, boundary)
+                        out, size = [], 0
+                    data = await self._receive(self.upstream, read_size, "upstream")
+                    self.stats.bytes_from_upstream += len(data)
+                    if conv.pending and not conv.client.idling:
+                        self._touch()  # a command in progress is not idleness
+                    conv.receive_server(data)
+                    continue
+                if type(ev) is Frame:
+                    kind = ev.kind
+                    raw = ev.raw
+                    if kind is FrameKind.STATUS:
+                        if ev.tag is not None:
+                            self._completed(ev)
+                        raw = self._mediated(ev)
+                    elif kind is FrameKind.CONTINUATION:
+                        self._wake_client()
+                    elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
+                        raw = self._mediated(ev)
+                    self._tap_frame(ev, to_upstream=False)
+                    out.append(raw)
+                    size += len(raw)
+                    boundary = ev.final
+                elif type(ev) is LiteralChunk:
+                    for tap in self.taps:
+                        tap.chunk(self.id, ev, to_upstream=False)
+                    out.append(ev.data)
+                    size += len(ev.data)
+                    boundary = False
+                elif type(ev) is EndOfStream:
+                    if out:
+                        await self._flush_to_client(out, boundary)
+                    if conv.phase is Phase.LOGOUT:
+                        raise SessionEnd("logout", "logged out")
+                    raise unavailable("upstream_closed", "upstream closed the connection")
+                if size >= read_size:
+                    await self._flush_to_client(out, boundary)
                     out, size = [], 0
-                data = await self._receive(self.upstream, read_size, "upstream")
-                self.stats.bytes_from_upstream += len(data)
-                conv.receive_server(data)
-                continue
-            if type(ev) is Frame:
-                kind = ev.kind
-                raw = ev.raw
-                if kind is FrameKind.STATUS:
-                    if ev.tag is not None:
-                        self._completed(ev)
-                    mediated = self._mediated(ev)
-                    if mediated is not raw:
-                        raw = mediated
-                elif kind is FrameKind.CONTINUATION:
-                    self._wake_client()
-                elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
-                    raw = self._mediated(ev)
-                self._tap_frame(ev, to_upstream=False)
-                out.append(raw)
-                size += len(raw)
-            elif type(ev) is LiteralChunk:
-                for tap in self.taps:
-                    tap.chunk(self.id, ev, to_upstream=False)
-                out.append(ev.data)
-                size += len(ev.data)
-            elif type(ev) is EndOfStream:
-                if out:
-                    await self._send_client_list(out)
-                if conv.phase is Phase.LOGOUT:
-                    raise SessionEnd("logout", "logged out")
-                raise unavailable("upstream_closed", "upstream closed the connection")
-            if size >= read_size:
-                await self._send_client_list(out)
-                out, size = [], 0
+        finally:
+            if self._holding_client:
+                self._holding_client = False
+                self._client_lock.release()
+
+    async def _flush_to_client(self, parts: list[bytes], boundary: bool) -> None:
+        """Write relayed bytes to the client.  Mid-message, the client lock stays held until
+        the message is complete, so nothing the proxy says itself (a local reply, a BYE)
+        can land inside a server response or its literal."""
+        if not self._holding_client:
+            await self._client_lock.acquire()
+            self._holding_client = True
+        self._client_boundary = False
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        await self.client.send_all(data)
+        if boundary:
+            self._client_boundary = True
+            self._holding_client = False
+            self._client_lock.release()
 
     async def _receive(self, stream: trio.abc.Stream, n: int, who: str) -> bytes:
         try:
@@ -516,13 +577,16 @@ class Session:
             raise unavailable("upstream_closed", "upstream connection broken") from None
 
     def _wake_client(self) -> None:
-        wake = self._wake
-        if wake is not None and self.conv.client.waiting_for is None:
-            wake.set()
+        paused = self._paused_scope
+        if paused is not None and self.conv.client.waiting_for is None:
+            self._paused_scope = None
+            paused.cancel()
 
     def _completed(self, frame: Frame) -> None:
         """A tagged completion from upstream (after Conversation processed it)."""
         self._wake_client()
+        if self._no_pending is not None:
+            self._no_pending.set()
         tag = frame.tag
         assert tag is not None
         user = self._pending_users.pop(tag, None)
@@ -544,6 +608,13 @@ class Session:
                 tap.note(self.id, f"{name} answered by the proxy, not forwarded")
         if name == "STARTTLS" and frame.final:
             conv.pending.pop(tag, None)
+            # Commands the client sent before STARTTLS are answered first, in plaintext,
+            # as the server would; only then is it decided whether STARTTLS is still
+            # possible (e.g. not after a pipelined LOGIN succeeded).
+            while conv.pending:
+                self._no_pending = trio.Event()
+                await self._no_pending.wait()
+            self._no_pending = None
             if self._offers_starttls():
                 await self._client_starttls(tag)
             else:
@@ -650,11 +721,6 @@ class Session:
         async with self._client_lock:
             await self.client.send_all(data)
 
-    async def _send_client_list(self, parts: list[bytes]) -> None:
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        async with self._client_lock:
-            await self.client.send_all(data)
-
     async def _send_upstream(self, parts: list[bytes]) -> None:
         assert self.upstream is not None
         data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -666,6 +732,11 @@ class Session:
     async def _farewell(self, bye: bytes | None) -> None:
         """Best effort: tell the client why it is being disconnected."""
         if bye is None:
+            return
+        if not self._client_boundary or self._holding_client:
+            # The client is inside a server response (perhaps a literal): a BYE now would
+            # become part of it.  Closing is the only clean signal left.
+            log.info("session %s: no BYE sent: the client is mid-response", self.id)
             return
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.timeouts.farewell):
             try:

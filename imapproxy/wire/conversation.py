@@ -196,7 +196,8 @@ class Conversation:
         self.capabilities = frozenset(c.upper() for c in caps)
         if "LITERAL+" in self.capabilities:
             self.client.max_nonsync_literal = None
-        elif "LITERAL-" in self.capabilities:
+        elif "LITERAL-" in self.capabilities or "IMAP4REV2" in self.capabilities:
+            # RFC 9051 includes LITERAL- in IMAP4rev2.
             self.client.max_nonsync_literal = self.limits.max_nonsync_literal_minus
         else:
             # Neither: a non-synchronising literal is not allowed at all (RFC 7888).

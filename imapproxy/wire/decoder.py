@@ -33,9 +33,11 @@ In those states the decoder *holds* whatever the client sends (``next_event`` re
 interpreted differently by the proxy and by the server: nothing is interpreted until the
 server's answer fixes the meaning.
 
-Memory: the decoder holds at most one line (``max_line_bytes``) plus the literals it keeps
-inline (``inline_literal_bytes``) plus held bytes (``max_held_bytes``).  Larger literals are
-passed on as ``LiteralChunk`` events as the bytes arrive.
+Memory: a message part kept whole (its lines and inline literals) never exceeds
+``inline_literal_bytes``, except a single line, which may reach ``max_line_bytes``; so the
+decoder holds at most ``inline_literal_bytes`` + one line being read (``max_line_bytes``) +
+held bytes (``max_held_bytes``), plus the bytes of the last ``receive_data`` not yet looked
+at.  Larger literals are passed on as ``LiteralChunk`` events as the bytes arrive.
 """
 
 from __future__ import annotations
@@ -120,7 +122,6 @@ class Decoder:
         self._line_start = 0  # start of the current line within the part
         self._scan = 0  # where the current line's LF search resumes
         self._lit_end = 0  # bytes before this offset are inline literal bytes
-        self._part_literal_bytes = 0
         self._in_message = False
         self._first_part = True
         self._kind = FrameKind.COMMAND
@@ -173,6 +174,11 @@ class Decoder:
         """What the decoder is paused for, if anything (also after a STARTTLS/COMPRESS OK,
         until the driver switches streams)."""
         return self._hold if self._mode is _Mode.HOLD or self._mode is _Mode.TLS else None
+
+    @property
+    def idling(self) -> bool:
+        """Inside IDLE: waiting for the server's "+" or for the client's DONE."""
+        return self._hold is Hold.IDLE
 
     @property
     def waiting_tag(self) -> bytes | None:
@@ -324,13 +330,10 @@ class Decoder:
                 self._hold_size = size
                 self._enter_hold(Hold.LITERAL, self._tag)
                 return frame
-            if (
-                size > limits.inline_literal_bytes
-                or self._part_literal_bytes + size > limits.inline_literal_bytes
-                # many short lines with small (even empty) literals: cap the part itself
-                or end - self._part_start + size
-                > limits.inline_literal_bytes + limits.max_line_bytes
-            ):
+            if end - self._part_start + size > limits.inline_literal_bytes:
+                # Too big to keep: the part so far goes out now and the literal streams.
+                # (Counting the part's lines too keeps many short lines with small or
+                # empty literals from growing one part without bound.)
                 frame = self._emit_part(end, final=False, literal=spec, streamed=True)
                 self._stream_remaining = size
                 if size:
@@ -339,7 +342,6 @@ class Decoder:
                     self._continue_after_literal(self._pos)
                 return frame
             # Small literal: keep it inside this frame and go on with the next line.
-            self._part_literal_bytes += size
             self._lit_end = end + size
             self._line_start = self._lit_end
             self._scan = self._lit_end
@@ -348,7 +350,6 @@ class Decoder:
         """Classify a new message from its first line (bytes start..end)."""
         self._in_message = True
         self._first_part = True
-        self._part_literal_bytes = 0
         self._number = None
         self._sensitive = False
         buf = self._buf
@@ -481,7 +482,6 @@ class Decoder:
         self._line_start = end
         self._scan = end
         self._lit_end = end
-        self._part_literal_bytes = 0
         if final:
             self._maybe_compact()
         return frame
@@ -537,7 +537,6 @@ class Decoder:
         self._lit_end = start + self._hold_size
         self._line_start = self._lit_end
         self._scan = self._lit_end
-        self._part_literal_bytes = self._hold_size
 
     def _continue_after_literal(self, at: int) -> None:
         self._mode = _Mode.LINE
@@ -545,7 +544,6 @@ class Decoder:
         self._line_start = at
         self._scan = at
         self._lit_end = at
-        self._part_literal_bytes = 0
 
     def _end_message_abandoned(self) -> None:
         """A synchronising literal was refused: the message ends without its literal."""

@@ -31,11 +31,11 @@ from .tokens import (
 )
 
 _TAG_OK = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+\Z")
-_NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=\-]*( [A-Za-z0-9][A-Za-z0-9._=\-]*)?\Z")
+_NAME_OK = re.compile(r"(?:UID )?[A-Za-z0-9][A-Za-z0-9._=\-]*\Z")
 # An atom may hold brackets for sections (BODY[HEADER.FIELDS (A B)]<0.10>): validated as
 # "no CTL, no quote, no brace, balanced section".
-_ATOM_OK = re.compile(r"(?:[^\x00-\x20\x7f()\"{\[\]]+|\[[^\x00-\x1f\x7f\[\]\"{]*\])+\Z")
-_SEQ_OK = re.compile(r"[\d*$][\d*:,$]*\Z")
+_ATOM_OK = re.compile(r"(?:[^\x00-\x20\x7f()\"{\[]+|\[[^\x00-\x1f\x7f\[\]\"{]*\])+\Z")
+_SEQ_OK = re.compile(r"[0-9*$][0-9*:,$]*\Z")
 _QUOTABLE = re.compile(rb"[^\x00\r\n\x80-\xff]*\Z")
 _TEXT_OK = re.compile(rb"[^\x00\r\n]*\Z")
 _MAX_QUOTED = 1024  # longer strings are sent as literals, which is cheaper to read back
@@ -64,7 +64,11 @@ def encode_token(token: Token, out: list[bytes], *, nonsync: bool) -> None:
     if isinstance(token, Atom):
         if not _ATOM_OK.match(token.value):
             raise EncodeError("not a valid atom")
-        out.append(token.value.encode("utf-8"))
+        try:
+            # surrogateescape gives back the exact 8-bit bytes the parser read
+            out.append(token.value.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            raise EncodeError("atom is not encodable") from None
     elif isinstance(token, Number):
         if not 0 <= token.value < 2**63:
             raise EncodeError("number out of range")
@@ -136,6 +140,9 @@ def encode_response(response: Response) -> bytes:
                 out += [b" ", response.code.args]
             out.append(b"]")
         _check_text(response.text)
+        if response.code is None and response.text.startswith(b"["):
+            # it would be read back as a response code (e.g. a forged [CAPABILITY ...])
+            raise EncodeError("response text may not start with '[' without a code")
         if response.text or response.code is None:
             out += [b" ", response.text]
         return b"".join(out) + b"\r\n"

@@ -39,8 +39,8 @@ from .tokens import (
 _ATOM = re.compile(rb"[^\x00-\x20\x7f()\"{\[]+")
 _SECTION = re.compile(rb"\[[^\x00-\x1f\x7f\[\]\"{]*\]")
 _LITERAL = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n")
-_DIGITS = re.compile(r"\d{1,20}\Z")
-_SEQSET = re.compile(r"[\d*$][\d*:,$]*\Z")
+_DIGITS = re.compile(r"[0-9]{1,20}\Z")
+_SEQSET = re.compile(r"[0-9*$][0-9*:,$]*\Z")
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")
 _QUOTED_BODY = re.compile(rb'(?:[^"\\\r\n\x00]|\\["\\])*')
 _UNESCAPE = re.compile(rb'\\(["\\])')
@@ -236,8 +236,9 @@ def parse_command(
         args = lx.tokens()
     _expect_eol(lx)
     if name in _SECRET_SECOND_ARG and len(args) >= 2:
-        # LOGIN's password; AUTHENTICATE's SASL-IR initial response (RFC 4959)
-        args = (args[0], Secret(args[1]), *args[2:])
+        # LOGIN's password; AUTHENTICATE's SASL-IR initial response (RFC 4959).  Anything
+        # after them is malformed, and may be the rest of a password with a space in it.
+        args = (args[0], *(Secret(a) for a in args[1:]))
     return Command(tag, name, args, lx.truncated)
 
 
@@ -279,7 +280,7 @@ def parse_response(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
     word = mw.group().decode("ascii", "replace")
     pos = mw.end()
     number: int | None = None
-    if tag is None and word.isdigit():
+    if tag is None and word.isascii() and word.isdigit():
         number = int(word)
         if not data.startswith(b" ", pos):
             raise ParseError("missing name after number", side=side, offset=pos)
@@ -336,6 +337,14 @@ def parse_frame(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Message:
     For a message in several parts whose literals were held (a synchronising literal that
     was small), join the parts' ``raw`` and use :func:`parse_command` instead.
     """
+    if not frame.first:
+        # A later part starts inside the message (often with literal bytes, perhaps a
+        # password): parsed on its own it would be nonsense, or worse, shown as a command.
+        raise ParseError(
+            "not the first part of a message: join the parts and parse them together",
+            side=frame.side,
+            tag=frame.tag,
+        )
     kind = frame.kind
     if kind is FrameKind.COMMAND:
         return parse_command(frame.raw, limits)

@@ -29,7 +29,7 @@ class Number:
     value: int
 
 
-_SEQ_RANGE = re.compile(r"(\d+|\*)(?::(\d+|\*))?\Z")
+_SEQ_RANGE = re.compile(r"([0-9]+|\*)(?::([0-9]+|\*))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
