@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import re
 import ssl
 import time
@@ -227,8 +228,13 @@ class Session:
         try:
             with trio.fail_after(timeouts.upstream_connect):
                 await self._connect_upstream()
+            if self.config.upstream.tls is UpstreamTls.IMPLICIT:
+                await self._upstream_tls()  # under its own tls_handshake timeout
             with trio.fail_after(timeouts.upstream_greeting):
-                return await self._upstream_greeting()
+                greeting = await self._upstream_greeting()
+            if self.config.upstream.tls is UpstreamTls.STARTTLS:
+                greeting = await self._upstream_starttls(greeting)
+            return greeting
         except trio.TooSlowError:
             raise unavailable(
                 "upstream_unavailable", "upstream did not answer in time"
@@ -258,19 +264,14 @@ class Session:
                 "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
             ) from None
         self.upstream = stream
-        if up.tls is UpstreamTls.IMPLICIT:
-            await self._upstream_tls()
 
     async def _upstream_greeting(self) -> Frame:
-        up = self.config.upstream
         greeting = await self._read_upstream_frame()
         if greeting.kind is not FrameKind.GREETING:
             raise unavailable("upstream_protocol", "upstream sent no IMAP greeting")
         if greeting.name == "BYE":
             # The upstream refuses us; the client deserves to see why.
             raise SessionEnd("upstream_refused", "upstream greeted with BYE", greeting.raw)
-        if up.tls is UpstreamTls.STARTTLS:
-            greeting = await self._upstream_starttls(greeting)
         return greeting
 
     async def _upstream_tls(self) -> None:
@@ -283,28 +284,34 @@ class Session:
         )
         self.upstream = tls
         try:
-            await tls.do_handshake()
+            with trio.fail_after(self.config.timeouts.tls_handshake):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            raise unavailable("upstream_tls_failed", "upstream TLS handshake timed out") from None
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
             detail = getattr(cause, "verify_message", None) or str(cause)
             raise unavailable("upstream_tls_failed", f"upstream TLS failed: {detail}") from None
 
     async def _upstream_starttls(self, greeting: Frame) -> Frame:
+        """STARTTLS to the upstream; each exchange is bounded by upstream_greeting, the
+        handshake by tls_handshake."""
+        answer_timeout = self.config.timeouts.upstream_greeting
         known = self.conv.capabilities
         if known is None:
-            known = frozenset(
-                c.decode("ascii", "replace").upper()
-                for c in await self._upstream_capabilities(b"0")
-            )
+            with trio.fail_after(answer_timeout):
+                listed = await self._upstream_capabilities(b"0")
+            known = frozenset(c.decode("ascii", "replace").upper() for c in listed)
         if "STARTTLS" not in known:
             raise unavailable(
                 "upstream_tls_failed", "upstream does not offer STARTTLS (refusing plaintext)"
             )
-        await self._send_upstream_now(_PROXY_TAG + b"1 STARTTLS\r\n")
-        while True:
-            frame = await self._read_upstream_frame()
-            if frame.kind is FrameKind.STATUS and frame.tag == _PROXY_TAG + b"1":
-                break
+        with trio.fail_after(answer_timeout):
+            await self._send_upstream_now(_PROXY_TAG + b"1 STARTTLS\r\n")
+            while True:
+                frame = await self._read_upstream_frame()
+                if frame.kind is FrameKind.STATUS and frame.tag == _PROXY_TAG + b"1":
+                    break
         if frame.name != "OK":
             raise unavailable("upstream_tls_failed", "upstream refused STARTTLS")
         injected = self.conv.server.start_tls()
@@ -318,7 +325,8 @@ class Session:
         await self._upstream_tls()
         # What the upstream said before TLS no longer counts (RFC 9051 §6.2.1).
         self.conv.capabilities = None
-        caps = await self._upstream_capabilities(b"2")
+        with trio.fail_after(answer_timeout):
+            caps = await self._upstream_capabilities(b"2")
         return _with_capabilities(greeting, caps)
 
     async def _upstream_capabilities(self, n: bytes) -> list[bytes]:
@@ -374,11 +382,17 @@ class Session:
         if scope is None:
             return
         t = self.config.timeouts
-        idle = (
-            t.idle_unauthenticated
-            if self.conv.phase is Phase.NOT_AUTHENTICATED
-            else t.idle_authenticated
-        )
+        conv = self.conv
+        if conv.pending and not conv.client.idling:
+            # Waiting for the server's answer is not idleness (RFC 9051 §5.4 is about a
+            # client that sends nothing).  A client that gives up closes its connection,
+            # which the client pump still sees.
+            scope.deadline = math.inf
+            return
+        if conv.phase is Phase.NOT_AUTHENTICATED:
+            idle = t.idle_unauthenticated
+        else:
+            idle = t.idle_authenticated
         scope.deadline = trio.current_time() + idle
 
     async def _guard(
@@ -464,6 +478,8 @@ class Session:
                 elif ev.sensitive:
                     self._note_login(ev)
                 self._tap_frame(ev, to_upstream=True)
+                if ev.first and ev.kind is FrameKind.COMMAND:
+                    self._touch()  # now pending: the idle clock waits for its answer
                 out.append(ev.raw)
                 size += len(ev.raw)
             elif type(ev) is LiteralChunk:
@@ -513,7 +529,7 @@ class Session:
                     data = await self._receive(self.upstream, read_size, "upstream")
                     self.stats.bytes_from_upstream += len(data)
                     if conv.pending and not conv.client.idling:
-                        self._touch()  # a command in progress is not idleness
+                        self._touch()  # data for a command in progress
                     conv.receive_server(data)
                     continue
                 if type(ev) is Frame:
