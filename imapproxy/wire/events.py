@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import Side
 
@@ -37,9 +38,11 @@ NEED_DATA = Wait.NEED_DATA
 PAUSED = Wait.PAUSED
 
 
-@dataclass(frozen=True, slots=True)
-class LiteralSpec:
-    """A literal announcement: ``{n}``, ``{n+}``, ``~{n}`` or ``~{n+}``."""
+class LiteralSpec(NamedTuple):
+    """A literal announcement: ``{n}``, ``{n+}``, ``~{n}`` or ``~{n+}``.
+
+    (A NamedTuple rather than a frozen dataclass: one is made per literal on the hot path.)
+    """
 
     size: int
     sync: bool  # the sender waits for a continuation request before sending the bytes
