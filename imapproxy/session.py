@@ -57,7 +57,8 @@ log = logging.getLogger("imapproxy.session")
 
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
 _LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
-_MAYBE_LOCAL = _LOCAL_COMMANDS | {"LOGIN", "AUTHENTICATE"}
+_AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
+_MAYBE_LOCAL = _LOCAL_COMMANDS | _AUTHENTICATING
 
 _CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
@@ -127,6 +128,8 @@ class Session:
         self.user: str | None = None
         self._pending_users: dict[bytes, str] = {}
         self._login_parts: list[bytes] = []
+        self._auth_mechanism = b""
+        self._auth_lines = 0
         self._client_lock = trio.Lock()
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
@@ -199,8 +202,9 @@ class Session:
                 scope.cancel()
             self._touch()
             try:
-                await self._send_client(self._mediated(greeting))
-                self._tap_frame(greeting, to_upstream=False)
+                sent = self._mediated(greeting)
+                await self._send_client(sent)
+                self._tap_frame(_replaced(greeting, sent), to_upstream=False)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._guard, self._pump_client, nursery.cancel_scope)
                     nursery.start_soon(self._guard, self._pump_upstream, nursery.cancel_scope)
@@ -236,9 +240,7 @@ class Session:
                 greeting = await self._upstream_starttls(greeting)
             return greeting
         except trio.TooSlowError:
-            raise unavailable(
-                "upstream_unavailable", "upstream did not answer in time"
-            ) from None
+            raise unavailable("upstream_unavailable", "upstream did not answer in time") from None
 
     async def _start_client_tls(self) -> None:
         assert self.server_ssl is not None
@@ -543,7 +545,8 @@ class Session:
                         self._wake_client()
                     elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
                         raw = self._mediated(ev)
-                    self._tap_frame(ev, to_upstream=False)
+                    if self.taps:
+                        self._tap_frame(_replaced(ev, raw), to_upstream=False)
                     out.append(raw)
                     size += len(raw)
                     boundary = ev.final
@@ -680,6 +683,9 @@ class Session:
             and self.server_ssl is not None
             and self.client_tls is None
             and self.conv.phase is Phase.NOT_AUTHENTICATED
+            # a LOGIN in progress: the capabilities the server sends now are the
+            # post-login ones (STARTTLS will not be possible any more)
+            and not any(p.name in _AUTHENTICATING for p in self.conv.pending.values())
         )
 
     def _login_disabled(self) -> bool:
@@ -717,19 +723,27 @@ class Session:
         data: bytes | None = None
         if frame.kind is FrameKind.COMMAND and frame.name == "AUTHENTICATE":
             parts = frame.raw.split()
-            if len(parts) >= 4 and parts[2].upper() == b"PLAIN":
+            self._auth_mechanism = parts[2].upper() if len(parts) >= 3 else b""
+            self._auth_lines = 0
+            if len(parts) >= 4:
                 data = parts[3]
         elif frame.kind is FrameKind.AUTH_DATA:
             data = frame.raw.strip()
+            self._auth_lines += 1
         if data is None:
             return
         try:
             decoded = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             return
-        fields = decoded.split(b"\x00")
-        if len(fields) == 3 and fields[1]:  # authzid \0 authcid \0 password (RFC 4616)
-            self._pending_users[tag] = fields[1].decode("utf-8", "replace")
+        if self._auth_mechanism == b"PLAIN":
+            fields = decoded.split(b"\x00")
+            if len(fields) == 3 and fields[1]:  # authzid \0 authcid \0 password (RFC 4616)
+                self._pending_users[tag] = fields[1].decode("utf-8", "replace")
+        elif self._auth_mechanism == b"LOGIN" and self._auth_lines == 1 and decoded:
+            # the first answer of the (non-standard, widely used) LOGIN mechanism is the
+            # user name; the second, never looked at, the password
+            self._pending_users[tag] = decoded.decode("utf-8", "replace")
 
     # ------------------------------------------------------------ output
 
@@ -761,9 +775,20 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
 
-    def _tap_frame(self, frame: Frame, *, to_upstream: bool) -> None:
+    def _tap_frame(self, frame: Frame, to_upstream: bool) -> None:
         for tap in self.taps:
             tap.frame(self.id, frame, to_upstream=to_upstream)
+
+
+def _replaced(frame: Frame, raw: bytes) -> Frame:
+    """The frame as the proxy sent it (capabilities mediated), for taps."""
+    if raw is frame.raw:
+        return frame
+    return Frame(
+        frame.side, frame.kind, raw, frame.tag, frame.name,
+        number=frame.number, first=frame.first, final=frame.final,
+        literal=frame.literal, streamed=frame.streamed, sensitive=frame.sensitive,
+    )  # fmt: skip
 
 
 def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:

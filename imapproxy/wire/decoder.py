@@ -147,11 +147,7 @@ class Decoder:
         if not data:
             self._eof = True
             return
-        if (
-            self._mode is _Mode.STREAM
-            and self._direct is None
-            and self._pos == len(self._buf)
-        ):
+        if self._mode is _Mode.STREAM and self._direct is None and self._pos == len(self._buf):
             # Streaming a literal with nothing buffered: hand the received bytes on as
             # they are, without copying them through the buffer (literal payload moves
             # at memory speed; only a split at the literal's end costs a slice).
