@@ -390,8 +390,10 @@ class Session:
         if conv.pending and not conv.client.idling:
             # Waiting for the server's answer is not idleness (RFC 9051 §5.4 is about a
             # client that sends nothing).  A client that gives up closes its connection,
-            # which the client pump still sees.
-            scope.deadline = math.inf
+            # which the client pump still sees.  (Compared first: trio's deadline setter
+            # is costly, and this runs per command.)
+            if scope.deadline != math.inf:
+                scope.deadline = math.inf
             return
         t = self.config.timeouts
         idle = (

@@ -112,7 +112,11 @@ class Decoder:
         # Largest non-synchronising literal the client may send: None when the server has
         # LITERAL+, limits.max_nonsync_literal_minus for LITERAL-.  Checked on client input.
         self.max_nonsync_literal: int | None = None
-        self._buf = bytearray()
+        # Usually a bytes object (what was received, or a partial line joined to it),
+        # sliced into frames without an intermediate copy; a bytearray only while much
+        # more is waiting than arrives (appending stays O(1), so a peer that drips one
+        # byte at a time causes no quadratic copying).
+        self._buf: bytes | bytearray = b""
         self._pos = 0  # start of unconsumed bytes
         self._eof = False
         self._mode = _Mode.LINE
@@ -157,7 +161,27 @@ class Decoder:
                 return
             self._direct = bytes(data[:take])
             data = data[take:]
-        self._buf += data
+        buf = self._buf
+        pos = self._pos
+        rest = len(buf) - pos
+        if rest == 0:
+            self._shift(pos)
+            self._buf = bytes(data)
+        elif rest <= len(data):
+            # A partial line waits: join it to the new bytes.  Copying costs no more than
+            # the bytes received, so it stays linear however the stream is cut.
+            self._shift(pos)
+            self._buf = bytes(memoryview(buf)[pos:]) + data
+        else:
+            # More waiting than arriving (a peer dripping bytes): append, amortised O(1).
+            if type(buf) is not bytearray:
+                buf = bytearray(memoryview(buf)[pos:])
+                self._shift(pos)
+            elif pos >= _COMPACT_AT:
+                del buf[:pos]
+                self._shift(pos)
+            buf += data
+            self._buf = buf
 
     @property
     def buffered(self) -> int:
@@ -239,7 +263,7 @@ class Decoder:
         were received after the STARTTLS command but before TLS: never to be interpreted."""
         leftover = (self._direct or b"") + bytes(self._buf[self._pos :])
         self._direct = None
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0
         self._mode = _Mode.LINE
         self._hold = None
@@ -457,10 +481,13 @@ class Decoder:
         start = self._part_start
         first = self._first_part
         self._first_part = final
+        raw = self._buf[start:end]
+        if type(raw) is not bytes:
+            raw = bytes(raw)
         frame = Frame(
             self.side,
             self._kind,
-            bytes(self._buf[start:end]),
+            raw,
             self._tag,
             self._name,
             number=self._number,
@@ -564,13 +591,10 @@ class Decoder:
             return NEED_DATA
         n = min(avail, self._stream_remaining)
         start = self._pos
-        if start == 0 and n == len(self._buf):
-            data = bytes(self._buf)
-            self._buf.clear()
-            self._pos = 0
-        else:
-            data = bytes(memoryview(self._buf)[start : start + n])
-            self._pos = start + n
+        data = self._buf[start : start + n]
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._pos = start + n
         self._stream_remaining -= n
         remaining = self._stream_remaining
         if remaining == 0:
@@ -625,8 +649,20 @@ class Decoder:
         pos = self._pos
         if pos == 0:
             return
-        del self._buf[:pos]
-        self._pos = 0
+        buf = self._buf
+        if pos == len(buf):
+            self._buf = b""
+        elif type(buf) is bytearray:
+            del buf[:pos]
+        else:
+            self._buf = buf[pos:]
+        self._shift(pos)
+
+    def _shift(self, pos: int) -> None:
+        """Offsets after the first ``pos`` bytes of the buffer were dropped."""
+        if pos == 0:
+            return
+        self._pos -= pos
         self._part_start -= pos
         self._line_start -= pos
         self._scan -= pos
@@ -636,7 +672,7 @@ class Decoder:
 _LITERAL_KINDS = frozenset({FrameKind.COMMAND, FrameKind.DATA})
 
 
-def _first_word(buf: bytearray, start: int, end: int) -> bytes | None:
+def _first_word(buf: bytes | bytearray, start: int, end: int) -> bytes | None:
     sp = buf.find(b" ", start, end)
     word = bytes(buf[start : sp if sp >= 0 else end]).rstrip(b"\r\n")
     return word or None
