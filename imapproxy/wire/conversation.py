@@ -180,7 +180,10 @@ class Conversation:
         self.server.authenticated = authenticated
 
     def _maybe_capabilities(self, frame: Frame) -> None:
-        if frame.kind is not FrameKind.DATA and not _CAPABILITY_CODE.match(frame.raw):
+        raw = frame.raw
+        if frame.kind is not FrameKind.DATA and (
+            b"[" not in raw or not _CAPABILITY_CODE.match(raw)
+        ):
             return
         if not frame.final:
             return
