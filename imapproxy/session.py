@@ -12,9 +12,13 @@ Theory of operation
   (see :mod:`imapproxy.capabilities`) and the commands the proxy answers itself (STARTTLS,
   COMPRESS, and LOGIN/AUTHENTICATE while TLS is required first).
 * When the client decoder pauses (it waits for the server's ``+`` or tagged answer), the
-  client pump stops reading and waits to be woken by the server pump, which processes the
-  answer *before* forwarding it.  So the client's next bytes are always read the way the
-  server will read them, and early bytes wait in the kernel's buffer, not ours.
+  client pump goes on reading - the decoder holds what arrives, up to ``max_held_bytes``,
+  and a client that vanishes is noticed - until the server pump, which processes the answer
+  *before* forwarding it, cancels that read.  So the client's next bytes are always read
+  the way the server will read them.
+* The upstream pump holds the client's write lock from the first to the last part of a
+  message, so nothing the proxy says itself (a local reply, a BYE) can land inside a
+  relayed response or its literal; a BYE is only sent at a message boundary.
 * Output is batched: frames are collected while the decoder has complete frames buffered
   and written in one ``send_all`` when it needs more input, so pipelined commands cost one
   write per read, not one per frame.
