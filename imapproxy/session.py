@@ -56,6 +56,7 @@ from .wire import (
     parse_command,
     string_value,
 )
+from .wire.commands import reads_literals
 
 log = logging.getLogger("imapproxy.session")
 
@@ -64,6 +65,7 @@ _LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
 _AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
 _MAYBE_LOCAL = _LOCAL_COMMANDS | _AUTHENTICATING
 
+_NONSYNC_LITERAL = re.compile(rb"\{[0-9]+\+\}\r?\n")
 _CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
 
@@ -481,6 +483,14 @@ class Session:
                             self._drop_tag = None
                         continue
                     self._drop_tag = None
+                if (
+                    ev.first
+                    and ev.kind is FrameKind.COMMAND
+                    and not reads_literals(ev.name, conv.phase)
+                    and _has_nonsync_literal(ev)
+                ):
+                    await self._refuse_unparsed(ev)
+                    continue
                 if ev.first and ev.kind is FrameKind.COMMAND and ev.name in _MAYBE_LOCAL:
                     # what came before goes upstream first: a local answer must not
                     # overtake the commands ahead of it
@@ -675,6 +685,31 @@ class Session:
             return True
         return False
 
+    async def _refuse_unparsed(self, frame: Frame) -> None:
+        """A command the server would not parse, carrying a non-synchronising literal:
+        the server would run the literal's bytes as commands (see wire.commands), so
+        neither goes upstream.  The literal is consumed here, as the client meant it."""
+        tag = frame.tag or b"*"
+        self.conv.pending.pop(tag, None)
+        # As if the server had refused it: no "+" will come for a pending literal, and
+        # no STARTTLS/AUTHENTICATE/IDLE exchange follows.
+        waits = frame.waits_for_continuation
+        self.conv.client.completed(tag, "BAD")
+        if not frame.final and not waits:
+            self._drop_tag = frame.tag
+        self._tap_frame(frame, to_upstream=True)
+        for tap in self.taps:
+            tap.note(self.id, f"{frame.name or '?'} with a literal refused by the proxy")
+        log.warning(
+            "session %s: refused %r with a non-synchronising literal: the server would "
+            "not read the literal as one",
+            self.id,
+            frame.name,
+        )
+        await self._send_client(
+            tag + b" BAD [CLIENTBUG] Unknown command with a non-synchronising literal\r\n"
+        )
+
     async def _client_starttls(self, tag: bytes) -> None:
         async with self._client_lock:
             await self.client.send_all(tag + b" OK Begin TLS negotiation now\r\n")
@@ -806,6 +841,15 @@ async def _acquire(lock: trio.Lock) -> None:
         lock.acquire_nowait()
     except trio.WouldBlock:
         await lock.acquire()
+
+
+def _has_nonsync_literal(frame: Frame) -> bool:
+    """Whether the (first part of a) message carries a ``{n+}`` literal.  Inline literals
+    are found by pattern, so literal *content* may match too: that only ever refuses more."""
+    literal = frame.literal
+    if literal is not None and not literal.sync:
+        return True
+    return _NONSYNC_LITERAL.search(frame.raw) is not None
 
 
 def _replaced(frame: Frame, raw: bytes) -> Frame:
