@@ -174,11 +174,14 @@ class FakeConnection:
 
     async def reset(self) -> None:
         """Close with a TCP RST (SO_LINGER 0) instead of a FIN."""
-        with contextlib.suppress(OSError):
-            self.socket_stream.socket.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-        await trio.aclose_forcefully(self.socket_stream)
+        await reset_stream(self.socket_stream)
+
+
+async def reset_stream(stream: trio.SocketStream) -> None:
+    """Close with a TCP RST (SO_LINGER 0) instead of a FIN."""
+    with contextlib.suppress(OSError):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(stream)
 
 
 def command_name(command: bytes) -> str:
@@ -575,11 +578,7 @@ class ImapClient:
 
     async def reset(self) -> None:
         """Vanish: close with a TCP RST."""
-        with contextlib.suppress(OSError):
-            self.socket_stream.socket.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-        await trio.aclose_forcefully(self.socket_stream)
+        await reset_stream(self.socket_stream)
 
 
 def status_of(response: bytes) -> bytes:
