@@ -10,6 +10,9 @@ itself and keeping every other byte of the response:
 * ``LOGINDISABLED`` is added on a plain connection when TLS is required before login, and
   then ``AUTH=`` mechanisms are withheld too (RFC 3501 §6.2.3: login is unavailable);
 * ``COMPRESS=...`` is removed: the proxy cannot inspect compressed traffic (RFC 4978);
+* ``LITERAL+``/``LITERAL-`` are removed: a server reads a non-synchronising literal only if
+  its parser gets that far, so the proxy cannot know how the server will frame one (see
+  ``Session._unsafe_command``); synchronising literals let the server decide, visibly;
 * ``AUTH=...-PLUS`` (SASL channel binding) is removed: the client's TLS channel ends at the
   proxy, so a binding to it could never verify upstream.
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 from .wire.events import Frame, FrameKind
 
+_NONSYNC_LITERALS = frozenset({b"LITERAL+", b"LITERAL-"})
 _DATA_LIST = re.compile(rb"\* CAPABILITY( [^\r\n]*)?(?=\r?\n)", re.IGNORECASE)
 _CODE_LIST = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 
@@ -37,7 +41,7 @@ def mediate_list(caps: list[bytes], policy: CapabilityPolicy) -> list[bytes]:
     out: list[bytes] = []
     for cap in caps:
         upper = cap.upper()
-        if upper.startswith(b"COMPRESS="):
+        if upper.startswith(b"COMPRESS=") or upper in _NONSYNC_LITERALS:
             continue
         if upper == b"STARTTLS" and not policy.offer_starttls:
             continue

@@ -56,7 +56,6 @@ from .wire import (
     parse_command,
     string_value,
 )
-from .wire.commands import reads_literals
 
 log = logging.getLogger("imapproxy.session")
 
@@ -65,7 +64,7 @@ _LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
 _AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
 _MAYBE_LOCAL = _LOCAL_COMMANDS | _AUTHENTICATING
 
-_NONSYNC_LITERAL = re.compile(rb"\{[0-9]+\+\}\r?\n")
+_NONSYNC_LITERAL = re.compile(rb"\{[0-9]+\+\}\r?\n")  # {n+} and ~{n+}
 _CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
 
@@ -146,6 +145,7 @@ class Session:
         self._holding_client = False  # the upstream pump holds the client lock mid-message
         self._end: SessionEnd | None = None
         self._drop_tag: bytes | None = None  # rest of a refused message is not forwarded
+        self._literal_prefix = 0  # the next part starts with this many literal bytes
 
     # ------------------------------------------------------------ lifecycle
 
@@ -483,14 +483,11 @@ class Session:
                             self._drop_tag = None
                         continue
                     self._drop_tag = None
-                if (
-                    ev.first
-                    and ev.kind is FrameKind.COMMAND
-                    and not reads_literals(ev.name, conv.phase)
-                    and _has_nonsync_literal(ev)
-                ):
-                    await self._refuse_unparsed(ev)
-                    continue
+                if ev.kind is FrameKind.COMMAND:
+                    refusal = self._unsafe_command(ev)
+                    if refusal is not None:
+                        await self._refuse(ev, refusal)
+                        continue
                 if ev.first and ev.kind is FrameKind.COMMAND and ev.name in _MAYBE_LOCAL:
                     # what came before goes upstream first: a local answer must not
                     # overtake the commands ahead of it
@@ -646,10 +643,13 @@ class Session:
         tag = frame.tag or b"*"
         conv = self.conv
         if name in _LOCAL_COMMANDS:
+            if not frame.final:  # "STARTTLS {5}": never forwarded, never a TLS switch
+                await self._refuse(frame, f"{name} takes no literal")
+                return True
             self._tap_frame(frame, to_upstream=True)
             for tap in self.taps:
                 tap.note(self.id, f"{name} answered by the proxy, not forwarded")
-        if name == "STARTTLS" and frame.final:
+        if name == "STARTTLS":
             conv.pending.pop(tag, None)
             # Commands the client sent before STARTTLS are answered first, in plaintext,
             # as the server would; only then is it decided whether STARTTLS is still
@@ -664,7 +664,7 @@ class Session:
                 conv.client.completed(tag, "BAD")
                 await self._send_client(tag + b" BAD STARTTLS is not available here\r\n")
             return True
-        if name == "COMPRESS" and frame.final:
+        if name == "COMPRESS":
             conv.pending.pop(tag, None)
             conv.client.completed(tag, "NO")
             await self._send_client(
@@ -685,30 +685,55 @@ class Session:
             return True
         return False
 
-    async def _refuse_unparsed(self, frame: Frame) -> None:
-        """A command the server would not parse, carrying a non-synchronising literal:
-        the server would run the literal's bytes as commands (see wire.commands), so
-        neither goes upstream.  The literal is consumed here, as the client meant it."""
-        tag = frame.tag or b"*"
-        self.conv.pending.pop(tag, None)
-        # As if the server had refused it: no "+" will come for a pending literal, and
-        # no STARTTLS/AUTHENTICATE/IDLE exchange follows.
+    def _unsafe_command(self, frame: Frame) -> str | None:
+        """Why the proxy must not forward this command, if it must not.
+
+        Two kinds of input would let the server read bytes differently from the proxy:
+
+        * a malformed head (tag with "]" or 8-bit bytes, name glued to a special): the
+          server rejects the tag or does not know the name and skips the line;
+        * a non-synchronising literal ``{n+}``: a server reads it only if its parser gets
+          that far, and otherwise (unknown command, fixed arity, bad argument before it)
+          skips the line and runs the literal's bytes as commands (verified with Dovecot).
+          LITERAL+/LITERAL- are not advertised, so compliant clients never send one.
+
+        A synchronising literal is safe: the server answers "+" or refuses, and the decoder
+        waits for that answer.
+        """
+        skip = self._literal_prefix
+        literal = frame.literal
+        self._literal_prefix = (
+            literal.size if literal is not None and not frame.final and not frame.streamed else 0
+        )
+        if frame.first and not frame.name:
+            return "malformed command"
+        if (literal is not None and not literal.sync) or _NONSYNC_LITERAL.search(frame.raw, skip):
+            if not frame.first:
+                # earlier parts are already upstream: nothing clean is left to do
+                raise SessionEnd(
+                    "client_protocol_error",
+                    "non-synchronising literal after a synchronising one",
+                    b"* BYE [CLIENTBUG] non-synchronising literals are not supported\r\n",
+                )
+            return "non-synchronising literals are not supported (no LITERAL+)"
+        return None
+
+    async def _refuse(self, frame: Frame, why: str) -> None:
+        """Answer a command with BAD without forwarding any of it; its literal (which the
+        client sends anyway) is consumed here, as the client meant it."""
+        tag = frame.tag if frame.tag is not None and frame.name else b"*"
+        if frame.tag is not None:
+            self.conv.pending.pop(frame.tag, None)
         waits = frame.waits_for_continuation
-        self.conv.client.completed(tag, "BAD")
+        self.conv.client.refused()
         if not frame.final and not waits:
             self._drop_tag = frame.tag
+        self._literal_prefix = 0
         self._tap_frame(frame, to_upstream=True)
         for tap in self.taps:
-            tap.note(self.id, f"{frame.name or '?'} with a literal refused by the proxy")
-        log.warning(
-            "session %s: refused %r with a non-synchronising literal: the server would "
-            "not read the literal as one",
-            self.id,
-            frame.name,
-        )
-        await self._send_client(
-            tag + b" BAD [CLIENTBUG] Unknown command with a non-synchronising literal\r\n"
-        )
+            tap.note(self.id, f"refused by the proxy: {why}")
+        log.warning("session %s: refused a client command: %s", self.id, why)
+        await self._send_client(tag + b" BAD [CLIENTBUG] " + why.encode() + b"\r\n")
 
     async def _client_starttls(self, tag: bytes) -> None:
         async with self._client_lock:
@@ -841,15 +866,6 @@ async def _acquire(lock: trio.Lock) -> None:
         lock.acquire_nowait()
     except trio.WouldBlock:
         await lock.acquire()
-
-
-def _has_nonsync_literal(frame: Frame) -> bool:
-    """Whether the (first part of a) message carries a ``{n+}`` literal.  Inline literals
-    are found by pattern, so literal *content* may match too: that only ever refuses more."""
-    literal = frame.literal
-    if literal is not None and not literal.sync:
-        return True
-    return _NONSYNC_LITERAL.search(frame.raw) is not None
 
 
 def _replaced(frame: Frame, raw: bytes) -> Frame:

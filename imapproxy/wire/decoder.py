@@ -59,10 +59,13 @@ from .events import (
 )
 from .limits import DEFAULT_LIMITS, Limits
 
-# tag = 1*<any ASTRING-CHAR except "+">; the name is an atom.  Deliberately permissive: the
-# head only routes the frame; the parser judges the grammar.
-_COMMAND_HEAD = re.compile(rb"([^\x00-\x20\x7f(){%*\"\\+]+) ([^\x00-\x20\x7f(){%*\"\\\]]+)")
-_UID_NEXT = re.compile(rb" ([^\x00-\x20\x7f(){%*\"\\\]]+)")
+# tag = 1*<any ASTRING-CHAR except "+">, less "]" and 8-bit bytes, which Dovecot refuses;
+# the name is an atom that ends at SP or the line end ("CREATE]x" is no CREATE to a
+# server).  A line that does not match has no name (""): the relay refuses it itself.
+_COMMAND_HEAD = re.compile(
+    rb"([^\x00-\x20\x7f-\xff(){%*\"\\+\]]+) ([^\x00-\x20\x7f-\xff(){%*\"\\\]\[]+)(?=[ \r\n]|\Z)"
+)
+_UID_NEXT = re.compile(rb" ([^\x00-\x20\x7f-\xff(){%*\"\\\]\[]+)(?=[ \r\n]|\Z)")
 _RESPONSE_HEAD = re.compile(
     rb"(\*|[^\x00-\x20\x7f(){%*\"\\+]+) (?:(\d{1,10}) )?([^\x00-\x20\x7f(){%*\"\\\]\[]+)"
 )
@@ -257,6 +260,12 @@ class Decoder:
             self._end_message_abandoned()
         self._release(FrameKind.COMMAND)
         return True
+
+    def refused(self) -> None:
+        """The message just taken was refused by the relay itself (never sent upstream):
+        as after a tagged BAD from the server, no "+" or exchange follows it."""
+        if self._hold is not None:
+            self.completed(self._hold_tag, "BAD")  # type: ignore[arg-type]
 
     def start_tls(self) -> bytes:
         """Switch to reading a fresh stream after STARTTLS: returns (and drops) bytes that

@@ -1,6 +1,10 @@
-"""A server skips the line of a command it does not know without honouring its literals, so
-the literal's bytes run as commands (checked here against Dovecot directly).  Through the
-proxy such a command is refused, and the smuggled command never runs."""
+"""Literals the server might not read as literals.
+
+A server reads a literal only if its parser gets that far; otherwise it skips the line and
+runs the literal's bytes as commands (checked here against Dovecot directly).  So the proxy
+does not advertise LITERAL+/LITERAL-, refuses ``{n+}`` and malformed command heads itself,
+and lets synchronising literals through, where the server visibly decides.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from imapproxy.wire.commands import reads_literals
-from imapproxy.wire.conversation import Phase
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer
 from tests.support.proxy import ProxyProcess, free_port
@@ -43,9 +45,20 @@ def _session(port: int, user: str, password: str) -> socket.socket:
     return sock
 
 
-def _mailboxes(sock: socket.socket) -> bytes:
+def _mailboxes(port: int, user: str, password: str) -> bytes:
+    sock = _session(port, user, password)
     sock.sendall(b'l LIST "" *\r\n')
     return _read(sock, b"l OK")
+
+
+_users = iter(range(10_000))
+
+
+@pytest.fixture
+def user(dovecot: DovecotServer) -> str:
+    name = f"lit{next(_users)}"
+    dovecot.add_user(name, "pw")
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -54,58 +67,83 @@ def proxy_port(
 ) -> Iterator[int]:
     port = free_port()
     args = ["--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{dovecot.port}"]
-    workdir = Path(tmp_path_factory.mktemp("unparsed"))
+    workdir = Path(tmp_path_factory.mktemp("literals"))
     with ProxyProcess(args, workdir=workdir, wait_ports=[("127.0.0.1", port)]):
         yield port
 
 
-def test_dovecot_runs_the_literal_of_an_unknown_command(dovecot: DovecotServer) -> None:
-    """The premise, directly against Dovecot (no proxy)."""
-    dovecot.add_user("unparsed1", "pw1")
-    sock = _session(dovecot.port, "unparsed1", "pw1")
-    sock.sendall(b"x XFOO {%d+}\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n")
-    answer = _read(sock, b"b OK")
-    assert b"b OK" in answer
-    assert b"smuggled" in _mailboxes(sock)
-
-
-@pytest.mark.parametrize("command", [b"XFOO", b"LOGIN", b"STARTTLS"])
-def test_proxy_refuses_unknown_command_with_nonsync_literal(
-    dovecot: DovecotServer, proxy_port: int, command: bytes
+@pytest.mark.parametrize("command", [b"XFOO", b"NOOP", b"CREATE foo"])
+def test_dovecot_runs_a_literal_it_does_not_read(
+    dovecot: DovecotServer, user: str, command: bytes
 ) -> None:
-    user = f"unparsed-{command.decode().lower()}"
-    dovecot.add_user(user, "pw")
-    sock = _session(proxy_port, user, "pw")
+    """The premise, directly against Dovecot (no proxy)."""
+    sock = _session(dovecot.port, user, "pw")
     sock.sendall(b"x " + command + b" {%d+}\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n")
-    answer = _read(sock, b"x BAD")
-    assert b"x BAD [CLIENTBUG]" in answer
+    assert b"b OK" in _read(sock, b"b OK")
+    assert b"smuggled" in _mailboxes(dovecot.port, user, "pw")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"x XFOO", b"x NOOP", b"x CREATE foo", b"x LOGIN", b"x STATUS INBOX", b"x CREATE]junk",
+     b"x] NOOP", b"x APPEND INBOX"],
+)  # fmt: skip
+def test_proxy_refuses_nonsync_literals_and_nothing_is_smuggled(
+    proxy_port: int, user: str, head: bytes
+) -> None:
+    sock = _session(proxy_port, user, "pw")
+    sock.sendall(head + b" {%d+}\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n")
+    answer = _read(sock, b"BAD [CLIENTBUG]")
+    assert b"BAD [CLIENTBUG]" in answer
     sock.sendall(b"n NOOP\r\n")
     after = _read(sock, b"n OK")
     assert b"n OK" in after
     assert b"b OK" not in answer + after
-    assert b"smuggled" not in _mailboxes(sock)
+    assert b"smuggled" not in _mailboxes(proxy_port, user, "pw")
 
 
-def test_known_command_with_nonsync_literal_is_relayed(
-    dovecot: DovecotServer, proxy_port: int
-) -> None:
-    dovecot.add_user("unparsed-known", "pw")
-    sock = _session(proxy_port, "unparsed-known", "pw")
+@pytest.mark.parametrize("line", [b"x] NOOP\r\n", b"x CREATE]junk\r\n", b"x\xff NOOP\r\n"])
+def test_proxy_refuses_malformed_heads(proxy_port: int, user: str, line: bytes) -> None:
+    sock = _session(proxy_port, user, "pw")
+    sock.sendall(line + b"n NOOP\r\n")
+    answer = _read(sock, b"n OK")
+    assert b"BAD [CLIENTBUG] malformed command" in answer
+    assert b"n OK" in answer
+
+
+def test_nonsync_literal_after_a_sync_one_ends_the_session(proxy_port: int, user: str) -> None:
+    sock = _session(proxy_port, user, "pw")
+    sock.sendall(b"x CREATE {3}\r\n")
+    assert b"+" in _read(sock, b"\r\n")
+    sock.sendall(b"foo {%d+}\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n")
+    answer = _read(sock, b"BYE")
+    assert b"* BYE [CLIENTBUG]" in answer
+    assert b"smuggled" not in _mailboxes(proxy_port, user, "pw")
+
+
+def test_sync_literals_are_relayed(proxy_port: int, user: str) -> None:
+    sock = _session(proxy_port, user, "pw")
     name = b"viaLiteral"
-    sock.sendall(b"c CREATE {%d+}\r\n" % len(name) + name + b"\r\n")
+    sock.sendall(b"c CREATE {%d}\r\n" % len(name))
+    assert _read(sock, b"\r\n").startswith(b"+")
+    sock.sendall(name + b"\r\n")
     assert b"c OK" in _read(sock, b"c OK")
-    assert name in _mailboxes(sock)
+    assert name in _mailboxes(proxy_port, user, "pw")
 
 
-@pytest.mark.parametrize(
-    ("name", "phase", "expected"),
-    [
-        ("LOGIN", Phase.NOT_AUTHENTICATED, True),
-        ("LOGIN", Phase.AUTHENTICATED, False),
-        ("SELECT", Phase.NOT_AUTHENTICATED, False),
-        ("UID FETCH", Phase.SELECTED, True),
-        ("XFOO", Phase.SELECTED, False),
-    ],
-)
-def test_reads_literals_by_phase(name: str, phase: Phase, expected: bool) -> None:
-    assert reads_literals(name, phase) is expected
+def test_literal_plus_is_not_advertised(proxy_port: int, user: str) -> None:
+    sock = _session(proxy_port, user, "pw")
+    sock.sendall(b"c CAPABILITY\r\n")
+    caps = _read(sock, b"c OK")
+    assert b"IMAP4rev1" in caps
+    assert b"LITERAL+" not in caps
+    assert b"LITERAL-" not in caps
+
+
+def test_starttls_with_a_literal_is_refused(proxy_port: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", proxy_port))
+    _read(sock, b"\r\n")
+    sock.sendall(b"s STARTTLS {5}\r\n")
+    assert b"s BAD [CLIENTBUG]" in _read(sock, b"s BAD")
+    sock.sendall(b"n NOOP\r\n")
+    assert b"n OK" in _read(sock, b"n OK")
