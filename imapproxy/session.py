@@ -134,7 +134,7 @@ class Session:
         self._pending_users: dict[bytes, str] = {}
         self._login_parts: list[bytes] = []
         self._auth_mechanism = b""
-        self._auth_lines = 0
+        self._auth_step = 0
         self._client_lock = trio.Lock()
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
@@ -783,6 +783,8 @@ class Session:
         if tag is None:
             return
         if frame.kind is FrameKind.COMMAND and frame.name == "LOGIN":
+            if frame.first:
+                self._login_parts.clear()  # a LOGIN whose literal was refused left parts
             self._login_parts.append(frame.raw)
             if not frame.final:
                 return
@@ -800,12 +802,14 @@ class Session:
         if frame.kind is FrameKind.COMMAND and frame.name == "AUTHENTICATE":
             parts = frame.raw.split()
             self._auth_mechanism = parts[2].upper() if len(parts) >= 3 else b""
-            self._auth_lines = 0
+            self._auth_step = 0  # the client's SASL messages, the initial response first
             if len(parts) >= 4:
                 data = parts[3]
+            else:
+                self._auth_step = -1  # no initial response: the first data line is step 0
         elif frame.kind is FrameKind.AUTH_DATA:
             data = frame.raw.strip()
-            self._auth_lines += 1
+            self._auth_step += 1
         if data is None:
             return
         try:
@@ -816,9 +820,10 @@ class Session:
             fields = decoded.split(b"\x00")
             if len(fields) == 3 and fields[1]:  # authzid \0 authcid \0 password (RFC 4616)
                 self._pending_users[tag] = fields[1].decode("utf-8", "replace")
-        elif self._auth_mechanism == b"LOGIN" and self._auth_lines == 1 and decoded:
-            # the first answer of the (non-standard, widely used) LOGIN mechanism is the
-            # user name; the second, never looked at, the password
+        elif self._auth_mechanism == b"LOGIN" and self._auth_step == 0 and decoded:
+            # the first client message of the (non-standard, widely used) LOGIN mechanism
+            # is the user name (as initial response or first data line); the second,
+            # never looked at, the password
             self._pending_users[tag] = decoded.decode("utf-8", "replace")
 
     # ------------------------------------------------------------ output

@@ -16,7 +16,9 @@ from .wire.tokens import string_value
 
 MAX_SHOWN = 300  # characters of one frame shown in a transcript line
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
-_AUTH_HEAD = re.compile(rb"([^ ]+ [Aa][Uu][Tt][Hh][Ee][Nn][Tt][Ii][Cc][Aa][Tt][Ee] [^ \r\n]+)")
+# tag, AUTHENTICATE and a mechanism name made of SASL name characters only (RFC 4422):
+# anything else after it (an initial response, however separated) is shown as ***
+_AUTH_HEAD = re.compile(rb"([!-~]+ AUTHENTICATE [A-Z0-9_-]{1,20})", re.IGNORECASE)
 
 
 def _printable(data: bytes) -> str:
@@ -39,9 +41,10 @@ def redacted(frame: Frame) -> str:
             return "***"
         if frame.name == "AUTHENTICATE":
             m = _AUTH_HEAD.match(raw)
-            head = m.group(1).decode("ascii", "replace") if m else "AUTHENTICATE"
-            rest = raw[m.end() :].strip() if m else b""
-            return head + (" ***" if rest else "")
+            if m is None:
+                return f"{_printable(frame.tag or b'?')} AUTHENTICATE ***"
+            rest = raw[m.end() :].strip()
+            return m.group(1).decode("ascii") + (" ***" if rest else "")
         if frame.name == "LOGIN":
             if frame.first and frame.final:
                 try:
