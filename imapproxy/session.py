@@ -889,11 +889,5 @@ def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
     m = _CAPABILITY_CODE.search(greeting.raw)
     if m is None:
         return greeting
-    raw = (
-        greeting.raw[: m.start()]
-        + b"[CAPABILITY "
-        + b" ".join(caps)
-        + b"]"
-        + greeting.raw[m.end() :]
-    )
-    return Frame(greeting.side, greeting.kind, raw, None, greeting.name)
+    listed = b"[CAPABILITY " + b" ".join(caps) + b"]"
+    return _replaced(greeting, greeting.raw[: m.start()] + listed + greeting.raw[m.end() :])
