@@ -10,7 +10,8 @@
 * ``new_user``: a fresh Dovecot user (empty INBOX) for every call, from a pool created in
   batches so that only one passwd reload wait (~1 s) is paid per batch.
 * ``RawClient``: a minimal socket (+ssl) IMAP client for what the libraries cannot send
-  (SASL-IR, LITERAL+, MULTIAPPEND, pipelining, streaming huge literals).
+  (SASL-IR, MULTIAPPEND, pipelining, streaming huge literals, and the non-synchronising
+  literals ``{n+}`` the proxy must refuse: it does not advertise LITERAL+/LITERAL-).
 """
 
 from __future__ import annotations
@@ -146,6 +147,19 @@ class RawClient:
         line = self.read_message()
         assert line.startswith(b"+"), f"expected a continuation request, got {line!r}"
         return line
+
+    def send_literals(self, tag: bytes, *parts: bytes) -> list[bytes]:
+        """A command with synchronising literals, the way a client without LITERAL+ sends
+        it: ``parts`` are the pieces around the literals (each but the last ends with
+        ``{n}`` and each but the first starts with that literal's bytes); the server's
+        ``+`` is awaited before each literal.  Returns the replies up to the tagged one."""
+        *heads, last = parts
+        for i, part in enumerate(heads):
+            assert re.search(rb"~?\{\d+\}\Z", part), f"no {{n}} at the end of {part[-40:]!r}"
+            self.send((tag + b" " if i == 0 else b"") + part + b"\r\n")
+            self.expect_continuation()
+        self.send((tag + b" " if not heads else b"") + last + b"\r\n")
+        return self.read_until_tagged(tag)
 
     def nothing_pending(self, wait: float = 0.2) -> bool:
         """True when the server sent nothing more within ``wait`` seconds."""

@@ -9,7 +9,9 @@ Observed Dovecot 2.3.19 behaviour these tests rely on (checked directly, without
   AUTHENTICATE carries ``[CAPABILITY ...]`` unless the client sent CAPABILITY before
   STARTTLS / login - then Dovecot sends an untagged ``* CAPABILITY`` before a plain tagged
   ``OK`` instead.  (CAPABILITY sent *after* STARTTLS does not count, so with
-  ``--upstream-tls starttls`` the proxy's own CAPABILITY never changes this.)
+  ``--upstream-tls starttls`` the proxy's own CAPABILITY never changes this.)  Every list
+  has ``LITERAL+``, which the proxy withholds (it refuses ``{n+}``, see
+  test_proxy_unparsed_literals.py): clients here send synchronising literals.
 * A synchronising literal Dovecot will not take (``APPEND`` to a missing mailbox) is refused
   with a tagged ``NO [TRYCREATE]`` and *no* ``+``: the client must not send the literal and
   its next line is a new command.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import itertools
 import re
 import time
 import uuid
@@ -100,12 +103,15 @@ def strip_caps(message: bytes) -> bytes:
     return _DATA_LIST.sub(b"* CAPABILITY <list>", _CODE_LIST.sub(b"[CAPABILITY <list>]", message))
 
 
+NONSYNC_LITERALS = ("LITERAL+", "LITERAL-")
+
+
 def mediated(upstream: list[str]) -> list[str]:
     """What the proxy must leave of an upstream list (STARTTLS is judged separately)."""
     out = []
     for cap in upstream:
         upper = cap.upper()
-        if upper == "STARTTLS" or upper.startswith("COMPRESS="):
+        if upper == "STARTTLS" or upper.startswith("COMPRESS=") or upper in NONSYNC_LITERALS:
             continue
         if upper.startswith("AUTH=") and upper.endswith("-PLUS"):
             continue
@@ -116,6 +122,7 @@ def mediated(upstream: list[str]) -> list[str]:
 def assert_caps(got: list[str] | None, upstream: list[str], *, starttls: bool) -> None:
     assert got is not None, "no capability list"
     assert not [c for c in got if c.upper().startswith("COMPRESS")], got
+    assert not [c for c in got if c.upper() in NONSYNC_LITERALS], got  # {n+} is refused
     assert ("STARTTLS" in got) == starttls, got
     assert got.count("STARTTLS") <= 1, got
     # Everything else (unknown extensions included) unchanged and in the upstream's order.
@@ -145,6 +152,7 @@ def dovecot_caps(dovecot: DovecotServer, tls_certs: TlsCerts) -> DovecotCaps:
     # The premises of the mediation tests:
     assert "STARTTLS" in pre and "STARTTLS" not in pre_tls
     assert "COMPRESS=DEFLATE" in post and not [c for c in pre if c.startswith("COMPRESS")]
+    assert "LITERAL+" in pre and "LITERAL+" in pre_tls and "LITERAL+" in post
     assert mediated(pre) == mediated(pre_tls)
     return DovecotCaps(greeting, pre, pre_tls, post)
 
@@ -511,20 +519,39 @@ def test_append_sync_literal(route: Route, new_user: NewUser) -> None:
         client.logout()
 
 
-def test_append_literal_plus_and_multiappend(route: Route, new_user: NewUser) -> None:
+def fetch_bodies(c: RawClient, tag: bytes, messages: str) -> tuple[list[bytes], list[bytes]]:
+    """``FETCH messages (FLAGS BODY.PEEK[])``: every body and every FETCH response."""
+    reply = c.command(tag, b"FETCH %s (FLAGS BODY.PEEK[])" % messages.encode())
+    tagged(reply, tag)
+    bodies = [re.search(rb"BODY\[\] \{\d+\}\r\n", r) for r in reply[:-1]]
+    got = [r[b.end() : -3] for r, b in zip(reply[:-1], bodies, strict=True) if b]
+    return got, reply[:-1]
+
+
+def message_count(c: RawClient, tag: bytes, mailbox: bytes = b"INBOX") -> int:
+    reply = c.command(tag, b"STATUS %s (MESSAGES)" % mailbox)
+    tagged(reply, tag)
+    m = re.fullmatch(rb"\* STATUS \S+ \(MESSAGES (\d+)\)\r\n", reply[0])
+    assert m is not None, reply
+    return int(m.group(1))
+
+
+def test_append_sync_literals_and_multiappend(route: Route, new_user: NewUser) -> None:
+    """APPEND and MULTIAPPEND with synchronising literals: every "+" round relayed."""
     user, password = new_user()
     m1, m2, m3, m4 = (simple_message(f"m{i}", "x" * (100 * i)) for i in range(1, 5))
     with route.raw_login(user, password) as c:
-        # LITERAL+: no "+" is (or may be) sent for {n+}
-        c.send(b"P1 APPEND INBOX {5+}\r\nhello\r\n")
-        assert re.match(rb"P1 OK \[APPENDUID \d+ 1\]", tagged(c.read_until_tagged(b"P1"), b"P1"))
-        # MULTIAPPEND with non-synchronising literals, all in one write
-        c.send(
-            b"P2 APPEND INBOX (\\Flagged) {%d+}\r\n%s (\\Seen) {%d+}\r\n%s\r\n"
-            % (len(m1), m1, len(m2), m2)
+        reply = c.send_literals(b"P1", b"APPEND INBOX {5}", b"hello")
+        assert re.match(rb"P1 OK \[APPENDUID \d+ 1\]", tagged(reply, b"P1"))
+        # MULTIAPPEND with flags per message
+        reply = c.send_literals(
+            b"P2",
+            b"APPEND INBOX (\\Flagged) {%d}" % len(m1),
+            m1 + b" (\\Seen) {%d}" % len(m2),
+            m2,
         )
-        assert re.match(rb"P2 OK \[APPENDUID \d+ 2:3\]", tagged(c.read_until_tagged(b"P2"), b"P2"))
-        # MULTIAPPEND with synchronising literals: two "+" rounds relayed
+        assert re.match(rb"P2 OK \[APPENDUID \d+ 2:3\]", tagged(reply, b"P2"))
+        # MULTIAPPEND without flags: two "+" rounds relayed
         c.send(b"P3 APPEND INBOX {%d}\r\n" % len(m3))
         c.expect_continuation()
         c.send(m3 + b" {%d}\r\n" % len(m4))
@@ -533,12 +560,9 @@ def test_append_literal_plus_and_multiappend(route: Route, new_user: NewUser) ->
         assert re.match(rb"P3 OK \[APPENDUID \d+ 4:5\]", tagged(c.read_until_tagged(b"P3"), b"P3"))
         # all five arrived intact
         tagged(c.command(b"P4", b"EXAMINE INBOX"), b"P4")
-        reply = c.command(b"P5", b"FETCH 1:5 (FLAGS BODY.PEEK[])")
-        tagged(reply, b"P5")
-        bodies = [re.search(rb"BODY\[\] \{\d+\}\r\n", r) for r in reply[:-1]]
-        got = [r[b.end() : -3] for r, b in zip(reply[:-1], bodies, strict=True) if b]
+        got, fetched = fetch_bodies(c, b"P5", "1:5")
         assert got == [b"hello", m1, m2, m3, m4]
-        assert b"\\Flagged" in reply[1] and b"\\Seen" in reply[2]
+        assert b"\\Flagged" in fetched[1] and b"\\Seen" in fetched[2]
 
 
 TRICKY_LINES = (
@@ -564,26 +588,87 @@ def test_literal_content_is_opaque(route: Route, new_user: NewUser, size: int) -
     """Literals (APPEND's and FETCH's, small ones kept in a frame and large streamed ones)
     are relayed byte for byte, never read as commands/responses or mediated."""
     user, password = new_user()
-    sync_msg, plus_msg = tricky_message("sync", size), tricky_message("plus", size)
+    first_msg, second_msg = tricky_message("sync", size), tricky_message("sync 2", size)
     with route.raw_login(user, password) as c:
-        c.send(b"O1 APPEND INBOX {%d}\r\n" % len(sync_msg))
+        c.send(b"O1 APPEND INBOX {%d}\r\n" % len(first_msg))
         c.expect_continuation()
-        c.send(sync_msg + b"\r\n")
+        c.send(first_msg + b"\r\n")
         tagged(c.read_until_tagged(b"O1"), b"O1")
-        c.send(b"O2 APPEND INBOX {%d+}\r\n%s\r\n" % (len(plus_msg), plus_msg))
-        tagged(c.read_until_tagged(b"O2"), b"O2")
-        c.send(b"O3 APPEND INBOX ~{%d+}\r\n%s\r\n" % (7, b"bin\x00ary"))
-        tagged(c.read_until_tagged(b"O3"), b"O3")
+        # (these two were LITERAL+ before the proxy stopped offering it)
+        reply = c.send_literals(b"O2", b"APPEND INBOX {%d}" % len(second_msg), second_msg)
+        tagged(reply, b"O2")
+        tagged(c.send_literals(b"O3", b"APPEND INBOX ~{%d}" % 7, b"bin\x00ary"), b"O3")
         tagged(c.command(b"O4", b"EXAMINE INBOX"), b"O4")
         reply = c.command(b"O5", b"FETCH 1:3 (BODY.PEEK[])")
         tagged(reply, b"O5")
-        expected = [sync_msg, plus_msg, b"bin\x80ary"]  # Dovecot stores NUL as 0x80
+        expected = [first_msg, second_msg, b"bin\x80ary"]  # Dovecot stores NUL as 0x80
         for n, (msg, want) in enumerate(zip(reply[:-1], expected, strict=True), 1):
             prefix = b"* %d FETCH (BODY[] {%d}\r\n" % (n, len(want))
             assert msg == prefix + want + b")\r\n", msg[:200]
         reply = c.command(b"O6", b"FETCH 3 (BINARY.PEEK[])")
         assert reply[0] == b"* 3 FETCH (BINARY[] ~{7}\r\nbin\x00ary)\r\n"
         tagged(c.command(b"O7", b"NOOP"), b"O7")
+
+
+def test_append_literal_plus_is_refused(route: Route, new_user: NewUser) -> None:
+    """LITERAL+ is not offered, so APPEND / MULTIAPPEND with ``{n+}`` / ``~{n+}`` get the
+    proxy's BAD [CLIENTBUG]: nothing reaches Dovecot (no message is stored), the literals'
+    bytes are consumed (never run as commands, even when they look like commands) and the
+    session goes on.  The same data with synchronising literals:
+    test_append_sync_literals_and_multiappend, test_literal_content_is_opaque."""
+    user, password = new_user()
+    m1, m2 = simple_message("m1", "x" * 100), simple_message("m2", "x" * 200)
+    tricky_small, tricky_large = tricky_message("plus", 2_000), tricky_message("plus", 300_000)
+    refusal = b"BAD [CLIENTBUG] non-synchronising literals are not supported (no LITERAL+)\r\n"
+    with route.raw_login(user, password) as c:
+        caps = c.command(b"P0", b"CAPABILITY")
+        assert b"LITERAL+" not in caps[0] and b"LITERAL-" not in caps[0], caps
+        assert message_count(c, b"P1") == 0
+        refused = {
+            b"P2": b"APPEND INBOX {5+}\r\nhello",
+            # MULTIAPPEND, all in one write: the second literal is consumed too
+            b"P3": b"APPEND INBOX (\\Flagged) {%d+}\r\n%s (\\Seen) {%d+}\r\n%s"
+            % (len(m1), m1, len(m2), m2),
+            b"P4": b"APPEND INBOX ~{%d+}\r\n%s" % (7, b"bin\x00ary"),
+            # literal content that looks like protocol (kept in a frame, and streamed)
+            b"P5": b"APPEND INBOX {%d+}\r\n%s" % (len(tricky_small), tricky_small),
+            b"P6": b"APPEND INBOX {%d+}\r\n%s" % (len(tricky_large), tricky_large),
+        }
+        for tag, text in refused.items():
+            reply = c.command(tag, text)
+            assert reply == [tag + b" " + refusal], reply  # and nothing from the literal
+            assert c.nothing_pending(0.1)
+            noop = c.command(tag + b"n", b"NOOP")  # no answer to literal bytes before it
+            assert len(noop) == 1 and noop[0].startswith(tag + b"n OK"), noop
+        # a synchronising literal whose content carries "{n+}" is no {n+}: it is relayed
+        reply = c.send_literals(b"P7", b"APPEND INBOX {%d}" % len(tricky_small), tricky_small)
+        assert re.match(rb"P7 OK \[APPENDUID \d+ 1\]", tagged(reply, b"P7"))
+        assert message_count(c, b"P8") == 1
+        tagged(c.command(b"P9", b"EXAMINE INBOX"), b"P9")
+        got, _ = fetch_bodies(c, b"PA", "1:*")
+        assert got == [tricky_small]
+
+
+def test_literal_plus_after_a_sync_literal_ends_the_session(
+    route: Route, new_user: NewUser
+) -> None:
+    """MULTIAPPEND whose first literal is synchronising (accepted with "+", so that part is
+    already upstream) and whose second is ``{n+}``: nothing clean is left, the proxy ends
+    the session with BYE [CLIENTBUG] and the APPEND is not completed."""
+    user, password = new_user()
+    m1, m2 = simple_message("m1", "one"), simple_message("m2", "two")
+    with route.raw_login(user, password) as c:
+        c.send(b"Q1 APPEND INBOX {%d}\r\n" % len(m1))
+        c.expect_continuation()
+        c.send(m1 + b" {%d+}\r\n%s\r\n" % (len(m2), m2))
+        rest = []
+        with pytest.raises(EOFError):
+            while True:
+                rest.append(c.read_message())
+        assert [m for m in rest if m.startswith(b"* BYE [CLIENTBUG] ")], rest
+        assert not [m for m in rest if m.startswith(b"Q1 OK")], rest
+    with route.raw_login(user, password) as c:
+        assert message_count(c, b"Q2") == 0
 
 
 def test_many_literals_in_one_message(
@@ -595,10 +680,11 @@ def test_many_literals_in_one_message(
     parts = [bytes([65 + i]) * 30_000 for i in range(5)]
     msgs = [simple_message(f"part {i}", part.decode()) for i, part in enumerate(parts)]
     with route.raw_login(user, password) as c:
-        # MULTIAPPEND of five LITERAL+ literals, one write
-        cmd = b"M1 APPEND INBOX" + b"".join(b" {%d+}\r\n%s" % (len(m), m) for m in msgs)
-        c.send(cmd + b"\r\n")
-        assert re.match(rb"M1 OK \[APPENDUID \d+ 1:5\]", tagged(c.read_until_tagged(b"M1"), b"M1"))
+        # MULTIAPPEND of five synchronising literals: one command, five "+" rounds
+        pieces = [b"APPEND INBOX {%d}" % len(msgs[0])]
+        pieces += [m + b" {%d}" % len(n) for m, n in itertools.pairwise(msgs)]
+        reply = c.send_literals(b"M1", *pieces, msgs[-1])
+        assert re.match(rb"M1 OK \[APPENDUID \d+ 1:5\]", tagged(reply, b"M1"))
     # one FETCH response carrying all five bodies, through the proxy and directly
     fetch = "(" + " ".join(f"BODY.PEEK[{n}]" for n in range(1, 6)) + ")"
     boundary = "=-=-b"
@@ -1015,12 +1101,12 @@ def byte_script(user: str, password: str) -> list[Step]:
         cmd("T15", b"FETCH 1 (BODY.PEEK[]<0.100> BINARY.PEEK[2] BINARY.SIZE[2])"),
         Step(b"T16 APPEND INBOX (\\Seen) {%d}\r\n" % len(m1), b"+"),
         Step(m1 + b"\r\n", b"T16"),
-        cmd("T17", b"APPEND INBOX {%d+}\r\n%s" % (len(m2), m2)),
-        cmd(
-            "T18",
-            b"APPEND %s (\\Flagged) {%d+}\r\n%s (\\Draft) {%d+}\r\n%s"
-            % (drafts, len(ma), ma, len(mb), mb),
-        ),
+        Step(b"T17 APPEND INBOX {%d}\r\n" % len(m2), b"+"),
+        Step(m2 + b"\r\n", b"T17"),
+        # MULTIAPPEND: two "+" rounds
+        Step(b"T18 APPEND %s (\\Flagged) {%d}\r\n" % (drafts, len(ma)), b"+"),
+        Step(ma + b" (\\Draft) {%d}\r\n" % len(mb), b"+"),
+        Step(mb + b"\r\n", b"T18"),
         cmd("T19", b"APPEND Nonexistent {5}"),  # NO [TRYCREATE], no "+"
         # pipelined (commands Dovecot completes in order), one write
         Step(
@@ -1100,7 +1186,9 @@ def test_byte_exact_against_direct_dovecot(
 ) -> None:
     """The same ~45-command script, through the proxy (upstream none) and straight to
     Dovecot: after normalising timings, UIDVALIDITY and dates the server's bytes are
-    identical except the capability lists the proxy mediates."""
+    identical except the capability lists the proxy mediates.  The script sends only
+    synchronising literals (the proxy offers no LITERAL+), so the "+" continuation
+    requests are Dovecot's own, relayed."""
     ctx = tls_certs.client_context() if listener == "tls" else None
     results: list[list[bytes]] = []
     for via_proxy in (True, False):
@@ -1130,11 +1218,16 @@ def test_byte_exact_against_direct_dovecot(
         p_caps, d_caps = caps_in(p), caps_in(d)
         assert p_caps is not None and d_caps is not None, f"proxied {p!r} != direct {d!r}"
         assert strip_caps(p) == strip_caps(d), (p, d)
-        # only the mediation may differ: COMPRESS=* withheld, STARTTLS per the proxy's
-        # policy (whether STARTTLS is right *here* is test_plaintext_login_capabilities')
+        # only the mediation may differ: COMPRESS=* and LITERAL+/- withheld, STARTTLS per
+        # the proxy's policy (whether STARTTLS is right *here* is
+        # test_plaintext_login_capabilities')
         assert not [c for c in p_caps if c.upper().startswith("COMPRESS")], p
+        assert not [c for c in p_caps if c.upper() in NONSYNC_LITERALS], p
         assert [c for c in p_caps if c != "STARTTLS"] == mediated(d_caps), (p, d)
         differing.append(d)
-    # exactly the post-login lists differed (COMPRESS=DEFLATE withheld): LOGIN's, T05, T24
-    assert len(differing) == 3, differing
-    assert all(b"COMPRESS=DEFLATE" in d for d in differing)
+    # exactly the capability lists differed (LITERAL+ withheld from all of them): the
+    # greeting's and T01's before login, and LOGIN's, T05's and T24's after it (these
+    # three with COMPRESS=DEFLATE withheld too)
+    assert len(differing) == 5, differing
+    assert all(b" LITERAL+ " in d for d in differing), differing
+    assert [b"COMPRESS=DEFLATE" in d for d in differing] == [False, False, True, True, True]

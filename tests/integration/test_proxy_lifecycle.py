@@ -491,14 +491,17 @@ async def test_session_log_lines(
     transcript = io.StringIO()
     ctx = tls_certs.client_context()
 
-    async def literal_login(client: ImapClient, nonsync: bool) -> None:
-        if nonsync:
-            await client.send(b"L1 LOGIN alice {7+}\r\nalicepw\r\n")
-        else:
-            await client.send(b"L1 LOGIN alice {7}\r\n")
-            await client.read_until(b"+")
-            await client.send(b"alicepw\r\n")
+    async def literal_login(client: ImapClient) -> None:
+        await client.send(b"L1 LOGIN alice {7}\r\n")
+        await client.read_until(b"+")
+        await client.send(b"alicepw\r\n")
         assert status_of((await client.read_until_tagged(b"L1"))[-1]) == b"OK"
+
+    async def refused_nonsync_login(client: ImapClient) -> None:
+        """LOGIN with a {n+} literal (LITERAL+ is not offered): refused by the proxy, which
+        consumes the literal - the password - itself."""
+        responses = await client.command(b"L0", b"LOGIN alice {7+}\r\nalicepw")
+        assert len(responses) == 1 and responses[0].startswith(b"L0 BAD [CLIENTBUG] "), responses
 
     async def sasl_login(client: ImapClient, initial_response: bool) -> None:
         if initial_response:
@@ -522,7 +525,7 @@ async def test_session_log_lines(
             sessions: list[tuple[ImapClient, str, str]] = []  # client, tls, user
 
             c = await greeted(thost, tport, ssl_context=ctx, server_hostname="localhost")
-            await literal_login(c, nonsync=False)
+            await literal_login(c)
             sessions.append((c, "TLSv1.", "alice"))
 
             c = await greeted(phost, pport)
@@ -532,7 +535,8 @@ async def test_session_log_lines(
             sessions.append((c, "TLSv1.", "alice"))
 
             c = await greeted(phost, pport)
-            await literal_login(c, nonsync=True)
+            await refused_nonsync_login(c)
+            await literal_login(c)
             sessions.append((c, "none", "alice"))
 
             c = await greeted(phost, pport)
@@ -572,6 +576,8 @@ async def test_session_log_lines(
         assert re.fullmatch(r"\d+\.\d{3}s", fields["duration"]), end
         assert fields["reason"] == "logout", end
 
+    # the refused LOGIN (session 3) never reached Dovecot
+    assert b"L0 " not in relay.connections[2].received
     secrets = ["alicepw", wrong, sasl.decode(), base64.b64encode(b"alicepw").decode()]
     for text, where in ((caplog.text, "log"), (transcript.getvalue(), "transcript")):
         for secret in secrets:

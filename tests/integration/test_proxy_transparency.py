@@ -5,8 +5,10 @@ Dovecot records every byte both ways.  After a long scripted session (literals o
 kind, pipelining, IDLE with a second session appending, errors ...) the two recordings must
 be identical, except for the one documented rewrite (imapproxy/capabilities.py): in
 capability lists (``* CAPABILITY`` data and ``[CAPABILITY ...]`` codes) ``STARTTLS`` (this
-listener has no certificate, so none is offered), ``COMPRESS=...`` and ``AUTH=...-PLUS``
-are removed.  The rewrite is re-implemented here on purpose: any other change fails.
+listener has no certificate, so none is offered), ``COMPRESS=...``, ``LITERAL+`` /
+``LITERAL-`` and ``AUTH=...-PLUS`` are removed.  The rewrite is re-implemented here on
+purpose: any other change fails.  Since LITERAL+ is not offered (the proxy refuses ``{n+}``
+itself, see test_proxy_unparsed_literals.py), every literal here is synchronising.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def _dropped(cap: bytes) -> bool:
     return (
         upper == b"STARTTLS"
         or upper.startswith(b"COMPRESS=")
+        or upper in (b"LITERAL+", b"LITERAL-")
         or (upper.startswith(b"AUTH=") and upper.endswith(b"-PLUS"))
     )
 
@@ -118,21 +121,36 @@ class Session:
         assert status_of(responses[-1]) == b"OK", responses
         return responses
 
-    async def pipeline(self, *commands: bytes) -> dict[bytes, bytes]:
-        """Several commands (non-synchronising literals allowed) in ONE write; returns each
-        tag's completion (the server may complete them in any order)."""
+    async def pipeline(self, *commands: bytes | tuple[bytes, ...]) -> dict[bytes, bytes]:
+        """Several commands, pipelined: each write carries everything up to the next
+        synchronising literal (a command given as parts, as for ``sync``), so without
+        literals they all go in ONE write; returns each tag's completion (the server may
+        complete them in any order, also while a "+" is awaited)."""
         tags = [self.tag() for _ in commands]
-        await self.client.send(
-            b"".join(t + b" " + c + b"\r\n" for t, c in zip(tags, commands, strict=True))
-        )
         done: dict[bytes, bytes] = {}
+        pending = b""
+        for tag, command in zip(tags, commands, strict=True):
+            *heads, last = (command,) if isinstance(command, bytes) else command
+            pending += tag + b" "
+            for part in heads:
+                await self.client.send(pending + part + b"\r\n")
+                pending = b""
+                while not (await self._completion(tags, done)).startswith(b"+"):
+                    pass
+            pending += last + b"\r\n"
+        await self.client.send(pending)
         while len(done) < len(tags):
-            response = await self.client.read_response()
-            assert response, f"EOF with {sorted(set(tags) - set(done))} pending"
-            tag = response.split(b" ", 1)[0]
-            if tag in tags:
-                done[tag] = response
+            await self._completion(tags, done)
         return done
+
+    async def _completion(self, tags: list[bytes], done: dict[bytes, bytes]) -> bytes:
+        """The next response, recorded in ``done`` if it completes one of ``tags``."""
+        response = await self.client.read_response()
+        assert response, f"EOF with {sorted(set(tags) - set(done))} pending"
+        tag = response.split(b" ", 1)[0]
+        if tag in tags:
+            done[tag] = response
+        return response
 
 
 def config(port: int) -> ProxyConfig:
@@ -175,17 +193,17 @@ async def test_recorded_session_is_byte_transparent(dovecot: DovecotServer) -> N
             await a.ok(b'LSUB "" "' + box + b'*"')
             await a.ok(b'LIST "" "' + box + b'*"')
             await a.ok(b"STATUS " + box + b" (MESSAGES UIDNEXT UNSEEN)")
-            # APPEND: synchronising, non-synchronising, large (streamed) and with a date
+            # APPEND: with flags, without, large (streamed) and with a date
             await a.sync(b"APPEND " + box + b" (\\Seen) {%d}" % len(small), small)
-            await a.ok(b"APPEND " + box + b" {%d+}\r\n" % len(second) + second)
+            await a.sync(b"APPEND " + box + b" {%d}" % len(second), second)
             await a.sync(
                 b'APPEND %s (\\Flagged) "05-Mar-2024 10:00:00 +0100" {%d}' % (box, len(large)),
                 large,
             )
-            # pipelined APPENDs with non-synchronising literals, in one write
+            # pipelined APPENDs: each literal goes in one write with the next command
             batch = await a.pipeline(
-                b"APPEND %s {%d+}\r\n%s" % (box, len(small), small),
-                b"APPEND %s (\\Draft) {%d+}\r\n%s" % (box2, len(second), second),
+                (b"APPEND %s {%d}" % (box, len(small)), small),
+                (b"APPEND %s (\\Draft) {%d}" % (box2, len(second)), second),
                 b"NOOP",
             )
             assert all(status_of(r) == b"OK" for r in batch.values()), batch
@@ -204,7 +222,7 @@ async def test_recorded_session_is_byte_transparent(dovecot: DovecotServer) -> N
                 b"SEARCH UNSEEN",
                 b"UID SEARCH ALL",
                 b"FETCH 1:2 (FLAGS)",
-                b"SEARCH SUBJECT {6+}\r\nsecond",
+                (b"SEARCH SUBJECT {6}", b"second"),  # "+" while the others run
             )
             assert all(status_of(r) == b"OK" for r in batch.values()), batch
             await a.ok(b"STORE 2 FLAGS.SILENT (\\Seen \\Draft)")
@@ -273,6 +291,11 @@ async def test_recorded_session_is_byte_transparent(dovecot: DovecotServer) -> N
     # The rewrite really was exercised (else this would prove less than it claims).
     assert b"STARTTLS" in up_a.sent and b"COMPRESS=DEFLATE" in up_a.sent
     assert b"STARTTLS" not in a.client.received and b"COMPRESS" not in a.client.received
+    assert b" LITERAL+" in up_a.sent and b" LITERAL+" in up_b.sent
+    assert b"LITERAL+" not in a.client.received and b"LITERAL-" not in a.client.received
+    assert b"LITERAL+" not in b.client.received and b"LITERAL-" not in b.client.received
+    # every literal was synchronising: each got its "+" from Dovecot, relayed
+    assert b"+}" not in a.client.sent and b"+}" not in b.client.sent
 
 
 def check_transparent(client: ImapClient, upstream: FakeConnection, what: str) -> None:

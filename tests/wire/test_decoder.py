@@ -76,9 +76,11 @@ CLIENT_COMMANDS: list[tuple[bytes, bytes | None, str, bool]] = [
     (b"a UID\r\n", b"a", "UID", False),
     (b"a LOGIN alice secret\r\n", b"a", "LOGIN", True),
     (b"a login alice secret\r\n", b"a", "LOGIN", True),
-    (b"tag.with]bracket FETCH 1 BODY[]\r\n", b"tag.with]bracket", "FETCH", False),
+    # malformed heads have no name: a "]" in the tag (Dovecot refuses it), a name glued to
+    # a special; the relay answers those itself
+    (b"tag.with]bracket FETCH 1 BODY[]\r\n", b"tag.with]bracket", "", False),
     (b"a LOGOUT\n", b"a", "LOGOUT", False),  # bare LF
-    (b"a APPEND{3+}\r\nabc\r\n", b"a", "APPEND", False),
+    (b"a APPEND{3+}\r\nabc\r\n", b"a", "", False),
     (b"lonely\r\n", b"lonely", "", False),  # no name: the parser will refuse it
     (b"\r\n", None, "", False),  # empty line
     (b"* OK nonsense from a client\r\n", b"*", "", False),
