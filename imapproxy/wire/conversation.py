@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from .decoder import Decoder, Hold
-from .errors import ParseError, Side
+from .errors import LimitExceeded, ParseError, Side, bye
 from .events import Event, Frame, FrameKind, LiteralChunk, Wait
 from .limits import DEFAULT_LIMITS, Limits
 from .parser import capabilities_of, parse_command, parse_response
@@ -81,6 +81,15 @@ class Conversation:
         tag = frame.tag
         if tag is None:
             return
+        if len(self.pending) >= self.limits.max_pending_commands and tag not in self.pending:
+            raise LimitExceeded(
+                "too many commands pending",
+                side=Side.CLIENT,
+                fatal=True,
+                reply=bye("too many commands pending"),
+                limit="max_pending_commands",
+                tag=tag,
+            )
         self.pending[tag] = PendingCommand(tag, frame.name)
         self._assembling = None
         if frame.name in _SELECTING:

@@ -37,6 +37,9 @@ class Limits:
     # Bytes a decoder will hold while it waits for the other side's decision (a
     # continuation request or a tagged reply) before it can read them.
     max_held_bytes: int = 64 * KIB
+    # Commands sent and not yet completed (pipelining).  Real clients pipeline tens to
+    # hundreds; the cap bounds the per-session table of pending tags.
+    max_pending_commands: int = 10_000
 
     def __post_init__(self) -> None:
         for name in self.__slots__:  # type: ignore[attr-defined]
