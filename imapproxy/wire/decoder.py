@@ -33,6 +33,11 @@ In those states the decoder *holds* whatever the client sends (``next_event`` re
 interpreted differently by the proxy and by the server: nothing is interpreted until the
 server's answer fixes the meaning.
 
+A non-synchronising literal (``{n+}``) has no such answer: the decoder frames it as a
+literal, but a server reads it as one only if its parser gets that far.  That gap is closed
+by the relay, which does not offer LITERAL+ and refuses such commands itself
+(``imapproxy.session.Session._unsafe_command``).
+
 Memory: a message part kept whole (its lines and inline literals) never exceeds
 ``inline_literal_bytes``, except a single line, which may reach ``max_line_bytes``; so the
 decoder holds at most ``inline_literal_bytes`` + one line being read (``max_line_bytes``) +
