@@ -165,7 +165,7 @@ class Session:
                     await trio.aclose_forcefully(self.upstream)
             log.info(
                 "session %s end peer=%s listener=%s tls=%s user=%s in=%d out=%d "
-                "duration=%.3fs reason=%s detail=%s",
+                "starttls_discarded=%d duration=%.3fs reason=%s detail=%s",
                 self.id,
                 self.peer,
                 self.listener.name,
@@ -173,6 +173,7 @@ class Session:
                 self.user or "-",
                 self.stats.bytes_from_client,
                 self.stats.bytes_from_upstream,
+                self.stats.starttls_injected,
                 time.monotonic() - started,
                 end.reason,
                 end.detail,

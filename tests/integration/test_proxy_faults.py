@@ -595,6 +595,7 @@ async def test_client_starttls_injection_is_discarded(
     assert bytes(upstream.received) == b"c NOOP\r\nd LOGOUT\r\n"  # b was never executed
     lines = session_lines(log_messages(caplog), sid)
     assert any(f"discarded {len(injected)} bytes" in line for line in lines), lines
+    assert any(f"starttls_discarded={len(injected)} " in line for line in lines), lines
 
 
 @DOVECOT
