@@ -80,3 +80,17 @@ def mediate_frame(frame: Frame, policy: CapabilityPolicy) -> bytes | None:
     if pattern is _DATA_LIST and m.group(1) is None:
         start = end = m.end()
     return raw[:start] + b"".join(b" " + c for c in new) + raw[end:]
+
+
+def listed_capabilities(raw: bytes) -> list[bytes]:
+    """The capabilities of a ``* CAPABILITY`` line, as the server spelt them."""
+    m = _DATA_LIST.match(raw)
+    return (m.group(1) or b"").split() if m else []
+
+
+def with_code_list(raw: bytes, caps: list[bytes]) -> bytes:
+    """``raw`` with the list in its ``[CAPABILITY ...]`` code replaced (unchanged if none)."""
+    m = _CODE_LIST.search(raw)
+    if m is None:
+        return raw
+    return raw[: m.start()] + b"[CAPABILITY " + b" ".join(caps) + b"]" + raw[m.end() :]

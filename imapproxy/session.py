@@ -41,7 +41,7 @@ from typing import Protocol
 
 import trio
 
-from .capabilities import CapabilityPolicy, mediate_frame
+from .capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
 from .wire import (
     NEED_DATA,
@@ -56,17 +56,15 @@ from .wire import (
     parse_command,
     string_value,
 )
+from .wire.conversation import AUTHENTICATING_COMMANDS
 
 log = logging.getLogger("imapproxy.session")
 
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
 _LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
-_AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
-_MAYBE_LOCAL = _LOCAL_COMMANDS | _AUTHENTICATING
+_MAYBE_LOCAL = _LOCAL_COMMANDS | AUTHENTICATING_COMMANDS
 
 _NONSYNC_LITERAL = re.compile(rb"\{[0-9]+\+\}\r?\n")  # {n+} and ~{n+}
-_CAPABILITY_DATA = re.compile(rb"\* CAPABILITY ?([^\r\n]*)", re.IGNORECASE)
-_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY[^\]]*\]", re.IGNORECASE)
 
 
 class Tap(Protocol):
@@ -350,8 +348,7 @@ class Session:
             if frame.kind is FrameKind.STATUS and frame.tag == tag:
                 break
             if frame.kind is FrameKind.DATA and frame.name == "CAPABILITY":
-                m = _CAPABILITY_DATA.match(frame.raw)
-                caps = m.group(1).split() if m else []
+                caps = listed_capabilities(frame.raw)
         if frame.name != "OK" or caps is None:
             raise unavailable("upstream_protocol", "upstream did not answer CAPABILITY")
         self.conv.set_capabilities(tuple(c.decode("ascii", "replace") for c in caps))
@@ -760,7 +757,7 @@ class Session:
             and self.conv.phase is Phase.NOT_AUTHENTICATED
             # a LOGIN in progress: the capabilities the server sends now are the
             # post-login ones (STARTTLS will not be possible any more)
-            and not any(p.name in _AUTHENTICATING for p in self.conv.pending.values())
+            and not any(p.name in AUTHENTICATING_COMMANDS for p in self.conv.pending.values())
         )
 
     def _login_disabled(self) -> bool:
@@ -887,8 +884,4 @@ def _replaced(frame: Frame, raw: bytes) -> Frame:
 
 def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
     """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
-    m = _CAPABILITY_CODE.search(greeting.raw)
-    if m is None:
-        return greeting
-    listed = b"[CAPABILITY " + b" ".join(caps) + b"]"
-    return _replaced(greeting, greeting.raw[: m.start()] + listed + greeting.raw[m.end() :])
+    return _replaced(greeting, with_code_list(greeting.raw, caps))

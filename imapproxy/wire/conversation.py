@@ -46,7 +46,7 @@ class PendingCommand:
 _CAPABILITY_CODE = re.compile(rb"[^ ]+ [A-Za-z]+ \[CAPABILITY[ \]]", re.IGNORECASE)
 _SELECTING = frozenset({"SELECT", "EXAMINE"})
 _LEAVING_MAILBOX = frozenset({"CLOSE", "UNSELECT"})
-_AUTHENTICATING = frozenset({"LOGIN", "AUTHENTICATE"})
+AUTHENTICATING_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
 
 
 class Conversation:
@@ -165,7 +165,7 @@ class Conversation:
             return
         name = cmd.name
         if status == "OK":
-            if name in _AUTHENTICATING:
+            if name in AUTHENTICATING_COMMANDS:
                 self._set_phase(Phase.AUTHENTICATED)
             elif name in _SELECTING:
                 self.selected = cmd.mailbox
