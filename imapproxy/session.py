@@ -32,7 +32,6 @@ import base64
 import binascii
 import logging
 import math
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,8 +62,6 @@ log = logging.getLogger("imapproxy.session")
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
 _LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
 _MAYBE_LOCAL = _LOCAL_COMMANDS | AUTHENTICATING_COMMANDS
-
-_NONSYNC_LITERAL = re.compile(rb"\{[0-9]+\+\}\r?\n")  # {n+} and ~{n+}
 
 
 class Tap(Protocol):
@@ -143,7 +140,6 @@ class Session:
         self._holding_client = False  # the upstream pump holds the client lock mid-message
         self._end: SessionEnd | None = None
         self._drop_tag: bytes | None = None  # rest of a refused message is not forwarded
-        self._literal_prefix = 0  # the next part starts with this many literal bytes
 
     # ------------------------------------------------------------ lifecycle
 
@@ -698,14 +694,9 @@ class Session:
         A synchronising literal is safe: the server answers "+" or refuses, and the decoder
         waits for that answer.
         """
-        skip = self._literal_prefix
-        literal = frame.literal
-        self._literal_prefix = (
-            literal.size if literal is not None and not frame.final and not frame.streamed else 0
-        )
         if frame.first and not frame.name:
             return "malformed command"
-        if (literal is not None and not literal.sync) or _NONSYNC_LITERAL.search(frame.raw, skip):
+        if frame.nonsync:
             if not frame.first:
                 # earlier parts are already upstream: nothing clean is left to do
                 raise SessionEnd(
@@ -726,7 +717,6 @@ class Session:
         self.conv.client.refused()
         if not frame.final and not waits:
             self._drop_tag = frame.tag
-        self._literal_prefix = 0
         self._tap_frame(frame, to_upstream=True)
         for tap in self.taps:
             tap.note(self.id, f"refused by the proxy: {why}")
@@ -879,6 +869,7 @@ def _replaced(frame: Frame, raw: bytes) -> Frame:
         frame.side, frame.kind, raw, frame.tag, frame.name,
         number=frame.number, first=frame.first, final=frame.final,
         literal=frame.literal, streamed=frame.streamed, sensitive=frame.sensitive,
+        nonsync=frame.nonsync,
     )  # fmt: skip
 
 

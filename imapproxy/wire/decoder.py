@@ -142,6 +142,7 @@ class Decoder:
         self._number: int | None = None
         self._sensitive = False
         self._stream_remaining = 0
+        self._part_nonsync = False  # the current part holds a {n+} literal
         self._direct: bytes | None = None  # literal bytes received while streaming
         # client input expectations
         self._next_line_kind = FrameKind.COMMAND
@@ -376,6 +377,8 @@ class Decoder:
                     self._continue_after_literal(self._pos)
                 return frame
             # Small literal: keep it inside this frame and go on with the next line.
+            if spec.nonsync_marker:
+                self._part_nonsync = True
             self._lit_end = end + size
             self._line_start = self._lit_end
             self._scan = self._lit_end
@@ -510,7 +513,9 @@ class Decoder:
             literal=literal,
             streamed=streamed,
             sensitive=self._sensitive,
+            nonsync=self._part_nonsync or (literal is not None and literal.nonsync_marker),
         )
+        self._part_nonsync = False
         self._pos = end
         if final:
             self._in_message = False
@@ -577,6 +582,7 @@ class Decoder:
 
     def _continue_after_literal(self, at: int) -> None:
         self._mode = _Mode.LINE
+        self._part_nonsync = False
         self._part_start = at
         self._line_start = at
         self._scan = at

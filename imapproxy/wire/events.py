@@ -61,8 +61,10 @@ class Frame:
     ``final`` is False when the message goes on after ``literal``: then, if ``streamed``, the
     literal's bytes follow as LiteralChunk events, else the next Frame (``first=False``) starts
     with them.  ``tag``/``name`` describe the whole message and are repeated on every part.
-    ``sensitive`` marks messages carrying credentials (LOGIN, AUTHENTICATE and its data lines):
-    their bytes must never be logged as they are.
+    ``nonsync`` is True when this part announces a non-synchronising literal (``{n+}``,
+    ``~{n+}``), held inside it or at its end.  ``sensitive`` marks messages carrying
+    credentials (LOGIN, AUTHENTICATE and its data lines): their bytes must never be logged
+    as they are.
     """
 
     __slots__ = (
@@ -71,6 +73,7 @@ class Frame:
         "kind",
         "literal",
         "name",
+        "nonsync",
         "number",
         "raw",
         "sensitive",
@@ -93,6 +96,7 @@ class Frame:
         literal: LiteralSpec | None = None,
         streamed: bool = False,
         sensitive: bool = False,
+        nonsync: bool = False,
     ) -> None:
         self.side = side
         self.kind = kind
@@ -105,6 +109,7 @@ class Frame:
         self.literal = literal
         self.streamed = streamed
         self.sensitive = sensitive
+        self.nonsync = nonsync
 
     @property
     def waits_for_continuation(self) -> bool:
