@@ -71,15 +71,11 @@ def mediate_frame(frame: Frame, policy: CapabilityPolicy) -> bytes | None:
     m = pattern.search(raw)
     if m is None:
         return None
-    listed = m.group(1) or b""
-    caps = listed.split()
+    caps = (m.group(1) or b"").split()
     new = mediate_list(caps, policy)
     if new == caps:
         return None
-    start, end = m.span(1) if m.group(1) is not None else (m.end() - 1, m.end() - 1)
-    if pattern is _DATA_LIST and m.group(1) is None:
-        start = end = m.end()
-    return raw[:start] + b"".join(b" " + c for c in new) + raw[end:]
+    return _replace_list(raw, m, new)
 
 
 def listed_capabilities(raw: bytes) -> list[bytes]:
@@ -91,6 +87,14 @@ def listed_capabilities(raw: bytes) -> list[bytes]:
 def with_code_list(raw: bytes, caps: list[bytes]) -> bytes:
     """``raw`` with the list in its ``[CAPABILITY ...]`` code replaced (unchanged if none)."""
     m = _CODE_LIST.search(raw)
-    if m is None:
-        return raw
-    return raw[: m.start()] + b"[CAPABILITY " + b" ".join(caps) + b"]" + raw[m.end() :]
+    return raw if m is None else _replace_list(raw, m, caps)
+
+
+def _replace_list(raw: bytes, m: re.Match[bytes], caps: list[bytes]) -> bytes:
+    """``raw`` with the list matched by _DATA_LIST/_CODE_LIST (group 1) replaced; every
+    other byte stays.  An empty list is inserted where it would stand."""
+    if m.group(1) is not None:
+        start, end = m.span(1)
+    else:  # "* CAPABILITY" at the line end, or "[CAPABILITY]" before its "]"
+        start = end = m.end() - 1 if m.group().endswith(b"]") else m.end()
+    return raw[:start] + b"".join(b" " + c for c in caps) + raw[end:]
