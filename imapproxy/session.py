@@ -422,16 +422,22 @@ class Session:
 
     async def _pump_client(self) -> None:
         conv = self.conv
-        out: list[bytes] = []
+        out: list[bytes] = []  # frames collected for one write upstream
         size = 0
         read_size = self.config.session_limits.read_size
+
+        async def flush() -> None:
+            nonlocal size
+            if out:
+                await self._send_upstream(out)
+                out.clear()
+                size = 0
+
         while True:
             try:
                 ev = conv.next_client_event()
             except ProtocolError as exc:
-                if out:
-                    await self._send_upstream(out)
-                    out, size = [], 0
+                await flush()
                 if exc.fatal:
                     log.warning("session %s: client protocol error: %s", self.id, exc.message)
                     raise SessionEnd("client_protocol_error", exc.message, exc.reply) from None
@@ -441,19 +447,11 @@ class Session:
                 await self._send_client(exc.reply)
                 continue
             if ev is NEED_DATA:
-                if out:
-                    await self._send_upstream(out)
-                    out, size = [], 0
-                data = await self._receive(self.client, read_size, "client")
-                if data:
-                    self.stats.bytes_from_client += len(data)
-                    self._touch()
-                conv.receive_client(data)
+                await flush()
+                await self._read_client(read_size)
                 continue
             if ev is PAUSED:
-                if out:
-                    await self._send_upstream(out)
-                    out, size = [], 0
+                await flush()
                 if conv.client.waiting_for is None:
                     continue  # released while we were writing
                 # Keep reading while the client waits for the server, so that a client
@@ -462,12 +460,7 @@ class Session:
                 # releases the decoder.
                 with trio.CancelScope() as paused:
                     self._paused_scope = paused
-                    data = await self._receive(self.client, read_size, "client")
-                    self._paused_scope = None
-                    if data:
-                        self.stats.bytes_from_client += len(data)
-                        self._touch()
-                    conv.receive_client(data)
+                    await self._read_client(read_size)
                 self._paused_scope = None
                 continue
             if type(ev) is Frame:
@@ -485,9 +478,7 @@ class Session:
                 if ev.first and ev.kind is FrameKind.COMMAND and ev.name in _MAYBE_LOCAL:
                     # what came before goes upstream first: a local answer must not
                     # overtake the commands ahead of it
-                    if out:
-                        await self._send_upstream(out)
-                        out, size = [], 0
+                    await flush()
                     if await self._local_command(ev):
                         continue
                     if ev.sensitive:
@@ -507,8 +498,7 @@ class Session:
                 out.append(ev.data)
                 size += len(ev.data)
             else:  # EndOfStream
-                if out:
-                    await self._send_upstream(out)
+                await flush()
                 if conv.phase is Phase.LOGOUT:
                     raise SessionEnd("logout", "client logged out")
                 raise SessionEnd(
@@ -516,23 +506,36 @@ class Session:
                     "client closed the connection" + ("" if ev.clean else " mid-message"),
                 )
             if size >= read_size:
-                await self._send_upstream(out)
-                out, size = [], 0
+                await flush()
+
+    async def _read_client(self, read_size: int) -> None:
+        data = await self._receive(self.client, read_size, "client")
+        if data:
+            self.stats.bytes_from_client += len(data)
+            self._touch()
+        self.conv.receive_client(data)
 
     async def _pump_upstream(self) -> None:
         conv = self.conv
         assert self.upstream is not None
-        out: list[bytes] = []
+        out: list[bytes] = []  # bytes collected for one write to the client
         size = 0
         boundary = True  # whether `out` ends at the end of a message
         read_size = self.config.session_limits.read_size
+
+        async def flush() -> None:
+            nonlocal size
+            if out:
+                await self._flush_to_client(out, boundary)
+                out.clear()
+                size = 0
+
         try:
             while True:
                 try:
                     ev = conv.next_server_event()
                 except ProtocolError as exc:
-                    if out:
-                        await self._flush_to_client(out, boundary)
+                    await flush()
                     log.warning("session %s: upstream protocol error: %s", self.id, exc.message)
                     raise SessionEnd(
                         "upstream_protocol_error",
@@ -540,9 +543,7 @@ class Session:
                         b"* BYE [UNAVAILABLE] upstream protocol error\r\n",
                     ) from None
                 if ev is NEED_DATA:
-                    if out:
-                        await self._flush_to_client(out, boundary)
-                        out, size = [], 0
+                    await flush()
                     data = await self._receive(self.upstream, read_size, "upstream")
                     self.stats.bytes_from_upstream += len(data)
                     if conv.pending and not conv.client.idling:
@@ -572,14 +573,12 @@ class Session:
                     size += len(ev.data)
                     boundary = False
                 elif type(ev) is EndOfStream:
-                    if out:
-                        await self._flush_to_client(out, boundary)
+                    await flush()
                     if conv.phase is Phase.LOGOUT:
                         raise SessionEnd("logout", "logged out")
                     raise unavailable("upstream_closed", "upstream closed the connection")
                 if size >= read_size:
-                    await self._flush_to_client(out, boundary)
-                    out, size = [], 0
+                    await flush()
         finally:
             if self._holding_client:
                 self._holding_client = False
