@@ -129,6 +129,14 @@ async def login_via_proxy(client: ImapClient, user: str = "alice", pw: str = "al
     assert status_of(responses[-1]) == b"OK", responses
 
 
+async def logged_in_client(host: str, port: int) -> ImapClient:
+    """A client through the proxy: greeted, then logged in as alice."""
+    client = await ImapClient.connect(host, port)
+    await client.read_response()
+    await login_via_proxy(client)
+    return client
+
+
 async def refused_before_greeting(
     caplog: pytest.LogCaptureFixture, config: ProxyConfig
 ) -> tuple[bytes, str, str]:
@@ -328,9 +336,7 @@ async def test_upstream_dies_after_login(
             fake_server([*LOGGED_IN, how]) as fake,
             running_proxy(make_config(fake.port)) as (_, addrs),
         ):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await expect_unavailable_and_close(client)
             sid, end = await session_end(caplog, client)
     assert "reason=upstream_closed" in end and sid in end
@@ -340,9 +346,7 @@ async def test_upstream_dies_with_command_pending(caplog: pytest.LogCaptureFixtu
     script: Script = [*LOGGED_IN, Expect("NOOP"), Stall(0.2), Close()]
     with trio.fail_after(LIMIT):
         async with fake_server(script) as fake, running_proxy(make_config(fake.port)) as (_, addrs):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"n1 NOOP\r\n")
             rest = await expect_unavailable_and_close(client)
             _, end = await session_end(caplog, client)
@@ -355,9 +359,7 @@ async def test_upstream_bye_mid_session_is_relayed(caplog: pytest.LogCaptureFixt
     script: Script = [*LOGGED_IN, Expect("NOOP"), Send(bye), Close()]
     with trio.fail_after(LIMIT):
         async with fake_server(script) as fake, running_proxy(make_config(fake.port)) as (_, addrs):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"n1 NOOP\r\n")
             rest = await client.read_until_eof()
             _, end = await session_end(caplog, client)
@@ -376,9 +378,7 @@ async def test_upstream_dies_inside_a_literal(caplog: pytest.LogCaptureFixture) 
     script: Script = [*LOGGED_IN, Expect("FETCH"), Send(head + partial), Stall(0.2), Close()]
     with trio.fail_after(LIMIT):
         async with fake_server(script) as fake, running_proxy(make_config(fake.port)) as (_, addrs):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"f1 FETCH 1 BODY[]\r\n")
             rest = await client.read_until_eof()
             _, end = await session_end(caplog, client)
@@ -397,9 +397,7 @@ async def test_client_vanishes_mid_session(caplog: pytest.LogCaptureFixture, how
             fake_server([*LOGGED_IN, WaitEof()]) as fake,
             running_proxy(make_config(fake.port)) as (_, addrs),
         ):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             conn = await fake.connection(0)
             await (client.aclose() if how == "fin" else client.reset())
             with trio.fail_after(1):
@@ -416,9 +414,7 @@ async def test_client_vanishes_with_command_pending(caplog: pytest.LogCaptureFix
             fake_server([*LOGGED_IN, Expect("SEARCH"), WaitEof()]) as fake,
             running_proxy(make_config(fake.port)) as (_, addrs),
         ):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"s1 SEARCH ALL\r\n")
             conn = await fake.connection(0)
             await conn.wait_received(b"s1 SEARCH ALL\r\n")
@@ -441,9 +437,7 @@ async def test_client_vanishes_while_waiting_for_continuation(
     script: Script = [*LOGGED_IN, Stall(3), Send(b"+ go ahead\r\n"), WaitEof()]
     with trio.fail_after(LIMIT):
         async with fake_server(script) as fake, running_proxy(make_config(fake.port)) as (_, addrs):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"a1 APPEND INBOX {5}\r\n")
             conn = await fake.connection(0)
             await conn.wait_received(b"APPEND INBOX {5}\r\n")
@@ -466,9 +460,7 @@ async def test_upstream_protocol_violation_mid_session(caplog: pytest.LogCapture
             fake_server(script) as fake,
             running_proxy(make_config(fake.port, limits=limits)) as (_, addrs),
         ):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"n1 NOOP\r\n")
             rest = await expect_unavailable_and_close(client)
             sid, end = await session_end(caplog, client)
@@ -488,9 +480,7 @@ async def test_client_protocol_violation_mid_session(caplog: pytest.LogCaptureFi
             fake_server([*LOGGED_IN, WaitEof()]) as fake,
             running_proxy(make_config(fake.port, limits=limits)) as (_, addrs),
         ):
-            client = await ImapClient.connect(*addrs[0])
-            await client.read_response()
-            await login_via_proxy(client)
+            client = await logged_in_client(*addrs[0])
             await client.send(b"x1 NOOP " + b"q" * 5000 + b"\r\n")
             rest = await client.read_until_eof()
             _, end = await session_end(caplog, client)
@@ -807,9 +797,7 @@ async def test_compress_is_refused_and_session_goes_on(
     with trio.fail_after(LIMIT):
         async with recording_relay(dovecot.host, dovecot.port) as relay:
             async with running_proxy(make_config(relay.port)) as (_, addrs):
-                client = await ImapClient.connect(*addrs[0])
-                await client.read_response()
-                await login_via_proxy(client)
+                client = await logged_in_client(*addrs[0])
                 caps = (await client.command(b"c", b"CAPABILITY"))[0]
                 assert b"COMPRESS" not in caps and b"IDLE" in caps
                 refused = await client.command(b"z1", b"COMPRESS DEFLATE")
