@@ -51,7 +51,28 @@ class ScriptError(AssertionError):
 # --------------------------------------------------------------------------- connection
 
 
-class FakeConnection:
+class _Recording:
+    """A stream end that records every byte it sends and receives (plaintext)."""
+
+    stream: trio.abc.Stream
+    sent: bytearray
+    received: bytearray
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+        self.sent += data
+
+    async def _read_recorded(self) -> bytes:
+        """Some bytes, recorded; ``b""`` at EOF or on a broken connection."""
+        try:
+            data = bytes(await self.stream.receive_some(READ_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        self.received += data
+        return data
+
+
+class FakeConnection(_Recording):
     """One accepted connection: its stream plus everything seen on it."""
 
     def __init__(self, index: int, stream: trio.SocketStream) -> None:
@@ -70,19 +91,11 @@ class FakeConnection:
 
     # ----------------------------------------------------------- raw I/O
 
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-        self.sent += data
-
     async def receive(self) -> bytes:
         """Some bytes from the peer, recorded; ``b""`` at EOF (or a broken connection)."""
-        try:
-            data = bytes(await self.stream.receive_some(READ_SIZE))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
+        data = await self._read_recorded()
         if not data:
             self.eof.set()
-        self.received += data
         self._progress.set()
         self._progress = trio.Event()
         return data
@@ -447,7 +460,7 @@ async def recording_relay(host: str, port: int) -> AsyncIterator[FakeServer]:
 # --------------------------------------------------------------------------- test client
 
 
-class ImapClient:
+class ImapClient(_Recording):
     """A minimal IMAP client for tests over a Trio stream, recording every byte both ways
     (``sent``, ``received``: plaintext, TLS or not)."""
 
@@ -496,16 +509,8 @@ class ImapClient:
             raise ScriptError(f"bytes after the STARTTLS OK, before TLS: {bytes(self._buf)!r}")
         await self._wrap_tls(context, server_hostname)
 
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-        self.sent += data
-
     async def _fill(self) -> bool:
-        try:
-            data = bytes(await self.stream.receive_some(READ_SIZE))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        self.received += data
+        data = await self._read_recorded()
         self._buf += data
         return bool(data)
 
