@@ -10,13 +10,13 @@ itself and keeping every other byte of the response:
 * ``LOGINDISABLED`` is added on a plain connection when TLS is required before login, and
   then ``AUTH=`` mechanisms are withheld too (RFC 3501 §6.2.3: login is unavailable);
 * ``COMPRESS=...`` is removed: the proxy cannot inspect compressed traffic (RFC 4978);
-* ``LITERAL+``/``LITERAL-`` are removed: a server reads a non-synchronising literal only if
-  its parser gets that far, so the proxy cannot know how the server will frame one (see
-  ``Session._unsafe_command``); synchronising literals let the server decide, visibly;
 * ``AUTH=...-PLUS`` (SASL channel binding) is removed: the client's TLS channel ends at the
   proxy, so a binding to it could never verify upstream.
 
-Everything else, unknown extensions included, passes unchanged and in order.
+Everything else, unknown extensions included, passes unchanged and in order.  That includes
+``LITERAL+``/``LITERAL-``: the relay sends every non-synchronising literal on as a
+synchronising one, so the server decides visibly whether it reads each literal (see
+``imapproxy.wire.decoder``, ``nonsync_as_sync``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from .wire.events import Frame, FrameKind
 
-_NONSYNC_LITERALS = frozenset({b"LITERAL+", b"LITERAL-"})
 _DATA_LIST = re.compile(rb"\* CAPABILITY( [^\r\n]*)?(?=\r?\n)", re.IGNORECASE)
 _CODE_LIST = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 
@@ -41,7 +40,7 @@ def mediate_list(caps: list[bytes], policy: CapabilityPolicy) -> list[bytes]:
     out: list[bytes] = []
     for cap in caps:
         upper = cap.upper()
-        if upper.startswith(b"COMPRESS=") or upper in _NONSYNC_LITERALS:
+        if upper.startswith(b"COMPRESS="):
             continue
         if upper == b"STARTTLS" and not policy.offer_starttls:
             continue

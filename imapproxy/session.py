@@ -9,13 +9,23 @@ Theory of operation
 * Then two pumps run in one nursery: client→upstream and upstream→client.  Each feeds the
   bytes it reads into the shared sans-IO :class:`~imapproxy.wire.Conversation` and forwards
   the frames that come out: their original bytes, unchanged, except the capability lists
-  (see :mod:`imapproxy.capabilities`) and the commands the proxy answers itself (STARTTLS,
-  COMPRESS, and LOGIN/AUTHENTICATE while TLS is required first).
+  (see :mod:`imapproxy.capabilities`), the commands the proxy answers itself (STARTTLS,
+  COMPRESS, and LOGIN/AUTHENTICATE while TLS is required first), and non-synchronising
+  literals (below).
+* A non-synchronising literal ``{n+}`` goes upstream as ``{n}``: a server reads a ``{n+}``
+  literal only if its parser gets that far, and otherwise runs the literal's bytes as
+  commands (verified with Dovecot), so the proxy could not know how the server reads it.
+  With ``{n}`` the server decides visibly: its ``+`` (absorbed here; the client never asked
+  for one) lets the literal through, and a tagged NO/BAD instead means the decoder consumes
+  the literal and the rest of the message, which the client has sent regardless.  LITERAL+
+  and LITERAL- are therefore offered to clients exactly as the server offers them.  The
+  cost is one upstream round trip per such literal, which the client does not wait for.
 * When the client decoder pauses (it waits for the server's ``+`` or tagged answer), the
   client pump goes on reading - the decoder holds what arrives, up to ``max_held_bytes``,
   and a client that vanishes is noticed - until the server pump, which processes the answer
   *before* forwarding it, cancels that read.  So the client's next bytes are always read
-  the way the server will read them.
+  the way the server will read them.  (After a ``{n+}`` sent on as ``{n}`` the pump does
+  not read: the client is sending the literal itself, which may be large.)
 * The upstream pump holds the client's write lock from the first to the last part of a
   message, so nothing the proxy says itself (a local reply, a BYE) can land inside a
   relayed response or its literal; a BYE is only sent at a message boundary.
@@ -49,6 +59,7 @@ from .wire import (
     EndOfStream,
     Frame,
     FrameKind,
+    Hold,
     LiteralChunk,
     Phase,
     ProtocolError,
@@ -122,7 +133,7 @@ class Session:
         self.server_ssl = server_ssl
         self.upstream_ssl = upstream_ssl
         self.taps = tuple(taps)
-        self.conv = Conversation(config.limits)
+        self.conv = Conversation(config.limits, nonsync_as_sync=True)
         self.stats = SessionStats()
         self.client_tls: str | None = None
         self.user: str | None = None
@@ -140,6 +151,7 @@ class Session:
         self._holding_client = False  # the upstream pump holds the client lock mid-message
         self._end: SessionEnd | None = None
         self._drop_tag: bytes | None = None  # rest of a refused message is not forwarded
+        self._noted_nonsync = False  # the transcript was told about {n+} -> {n} once
 
     # ------------------------------------------------------------ lifecycle
 
@@ -460,7 +472,10 @@ class Session:
                 # releases the decoder.
                 with trio.CancelScope() as paused:
                     self._paused_scope = paused
-                    await self._read_client(read_size)
+                    if conv.client.waiting_for is Hold.NONSYNC_LITERAL:
+                        await trio.sleep_forever()  # the literal is coming: no more now
+                    else:
+                        await self._read_client(read_size)
                 self._paused_scope = None
                 continue
             if type(ev) is Frame:
@@ -485,9 +500,11 @@ class Session:
                         self._note_login(ev)
                 elif ev.sensitive:
                     self._note_login(ev)
-                self._tap_frame(ev, to_upstream=True)
                 if ev.first and ev.kind is FrameKind.COMMAND:
                     self._touch()  # now pending: the idle clock waits for its answer
+                if ev.nonsync:
+                    ev = self._as_sync(ev)
+                self._tap_frame(ev, to_upstream=True)
                 out.append(ev.raw)
                 size += len(ev.raw)
             elif type(ev) is LiteralChunk:
@@ -559,6 +576,8 @@ class Session:
                         raw = self._mediated(ev)
                     elif kind is FrameKind.CONTINUATION:
                         self._wake_client()
+                        if conv.continued is Hold.NONSYNC_LITERAL:
+                            continue  # answers the {n} we sent for the client's {n+}
                     elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
                         raw = self._mediated(ev)
                     if self.taps:
@@ -681,30 +700,34 @@ class Session:
     def _unsafe_command(self, frame: Frame) -> str | None:
         """Why the proxy must not forward this command, if it must not.
 
-        Two kinds of input would let the server read bytes differently from the proxy:
-
-        * a malformed head (tag with "]" or 8-bit bytes, name glued to a special): the
-          server rejects the tag or does not know the name and skips the line;
-        * a non-synchronising literal ``{n+}``: a server reads it only if its parser gets
-          that far, and otherwise (unknown command, fixed arity, bad argument before it)
-          skips the line and runs the literal's bytes as commands (verified with Dovecot).
-          LITERAL+/LITERAL- are not advertised, so compliant clients never send one.
-
-        A synchronising literal is safe: the server answers "+" or refuses, and the decoder
-        waits for that answer.
+        A malformed head (tag with "]" or 8-bit bytes, name glued to a special) would let
+        the server read bytes differently from the proxy: the server rejects the tag or
+        does not know the name and skips the line.  (Literals are safe: a synchronising one
+        lets the server decide, and the decoder waits for that answer; a non-synchronising
+        one is sent on as synchronising, see ``_as_sync``.)
         """
         if frame.first and not frame.name:
             return "malformed command"
-        if frame.nonsync:
-            if not frame.first:
-                # earlier parts are already upstream: nothing clean is left to do
-                raise SessionEnd(
-                    "client_protocol_error",
-                    "non-synchronising literal after a synchronising one",
-                    b"* BYE [CLIENTBUG] non-synchronising literals are not supported\r\n",
-                )
-            return "non-synchronising literals are not supported (no LITERAL+)"
         return None
+
+    def _as_sync(self, frame: Frame) -> Frame:
+        """The part with its closing ``{n+}`` sent on as ``{n}`` (see the module docstring);
+        the decoder has paused for the server's answer, as for a client's own ``{n}``."""
+        literal = frame.literal
+        if literal is None or not literal.nonsync_marker:
+            # the decoder ends a part at every {n+} when nonsync_as_sync is set
+            raise AssertionError("non-synchronising literal inside a part")
+        raw = frame.raw
+        plus = raw.rindex(b"+}")
+        if not self._noted_nonsync:
+            self._noted_nonsync = True
+            for tap in self.taps:
+                tap.note(
+                    self.id,
+                    "non-synchronising literals {n+} are sent upstream as {n}; "
+                    'the server\'s "+" for them is not passed on',
+                )
+        return _replaced(frame, raw[:plus] + raw[plus + 1 :])
 
     async def _refuse(self, frame: Frame, why: str) -> None:
         """Answer a command with BAD without forwarding any of it; its literal (which the

@@ -50,9 +50,10 @@ AUTHENTICATING_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
 
 
 class Conversation:
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, *, nonsync_as_sync: bool = False) -> None:
         self.limits = limits
         self.client = Decoder(Side.CLIENT, limits)
+        self.client.nonsync_as_sync = nonsync_as_sync
         self.server = Decoder(Side.SERVER, limits)
         self.phase = Phase.NOT_AUTHENTICATED
         self.selected: bytes | None = None
@@ -60,6 +61,10 @@ class Conversation:
         self.capabilities: frozenset[str] | None = None
         self.greeted = False
         self._assembling: list[bytes] | None = None  # parts of a SELECT/EXAMINE so far
+        # What the server's last "+" released in the client decoder (None: nothing).  With
+        # nonsync_as_sync, a "+" that released Hold.NONSYNC_LITERAL answers the relay's own
+        # {n}: the client never asked for it, so the relay must not pass it on.
+        self.continued: Hold | None = None
 
     # ------------------------------------------------------------- client side
 
@@ -131,7 +136,8 @@ class Conversation:
     def _server_frame(self, frame: Frame) -> None:
         kind = frame.kind
         if kind is FrameKind.CONTINUATION:
-            self.client.continuation()
+            hold = self.client.waiting_for
+            self.continued = hold if self.client.continuation() else None
             return
         if kind is FrameKind.GREETING:
             self.greeted = True

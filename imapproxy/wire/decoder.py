@@ -34,9 +34,14 @@ interpreted differently by the proxy and by the server: nothing is interpreted u
 server's answer fixes the meaning.
 
 A non-synchronising literal (``{n+}``) has no such answer: the decoder frames it as a
-literal, but a server reads it as one only if its parser gets that far.  That gap is closed
-by the relay, which does not offer LITERAL+ and refuses such commands itself
-(``imapproxy.session.Session._unsafe_command``).
+literal, but a server reads it as one only if its parser gets that far (a server that
+rejects the line early skips it and runs the literal's bytes as commands).  With
+``nonsync_as_sync`` set, the decoder closes that gap for a relay that sends every such
+literal on as a synchronising one (``{n}``): it pauses after the announcement exactly as
+for ``{n}`` (``Hold.NONSYNC_LITERAL``), although the client sends the literal at once; the
+server's ``+`` lets it through, and a tagged answer instead means the server refused the
+command, so the literal and the rest of the message, already sent by the client, are
+consumed here and never given out.
 
 Memory: a message part kept whole (its lines and inline literals) never exceeds
 ``inline_literal_bytes``, except a single line, which may reach ``max_line_bytes``; so the
@@ -89,6 +94,9 @@ class Hold(enum.Enum):
     """What a paused client decoder is waiting for."""
 
     LITERAL = "literal"  # "+" lets the literal come; a tagged reply cancels it
+    # a {n+} literal sent on as {n} (nonsync_as_sync): "+" lets it through; a tagged reply
+    # means the rest of the message (already sent by the client) is discarded
+    NONSYNC_LITERAL = "nonsync_literal"
     AUTHENTICATE = "authenticate"  # "+" asks for one SASL line; a tagged reply ends it
     IDLE = "idle"  # "+" starts idling; a tagged reply refused IDLE
     STARTTLS = "starttls"  # tagged OK: TLS follows (the driver must call start_tls)
@@ -120,6 +128,15 @@ class Decoder:
         # Largest non-synchronising literal the client may send: None when the server has
         # LITERAL+, limits.max_nonsync_literal_minus for LITERAL-.  Checked on client input.
         self.max_nonsync_literal: int | None = None
+        # Client side: pause after every {n+} as after {n} (see the module docstring).  The
+        # driver then sends the announcement on as {n}, absorbs the server's "+" and stops
+        # reading while paused: the client does not wait, so the literal and whatever it
+        # pipelined behind it may already be buffered.  Those bytes count against the
+        # driver's read size, not max_held_bytes, which bounds only what arrives later.
+        self.nonsync_as_sync = False
+        self._held_before = 0  # bytes already buffered when that pause began
+        self._discarding = False  # consuming the rest of a message the server refused
+        self.discarded_bytes = 0  # bytes consumed that way, in total
         # Usually a bytes object (what was received, or a partial line joined to it),
         # sliced into frames without an intermediate copy; a bytearray only while much
         # more is waiting than arrives (appending stays O(1), so a peer that drips one
@@ -225,7 +242,7 @@ class Decoder:
         if self._mode is not _Mode.HOLD:
             return False
         hold = self._hold
-        if hold is Hold.LITERAL:
+        if hold is Hold.LITERAL or hold is Hold.NONSYNC_LITERAL:
             self._resume_literal()
         elif hold is Hold.AUTHENTICATE:
             self._release(FrameKind.AUTH_DATA)
@@ -264,6 +281,12 @@ class Decoder:
         if hold is Hold.LITERAL:
             # The literal will not come: the message ended here, unsent.
             self._end_message_abandoned()
+        elif hold is Hold.NONSYNC_LITERAL:
+            # The literal comes anyway (the client did not wait), and so does the rest of
+            # the message: read it as the client wrote it, but give none of it out.
+            self._discarding = True
+            self._resume_literal()
+            return True
         self._release(FrameKind.COMMAND)
         return True
 
@@ -286,6 +309,7 @@ class Decoder:
         self._next_line_kind = FrameKind.COMMAND
         self._greeting_pending = False
         self._in_message = False
+        self._discarding = False
         self._continue_after_literal(0)
         return leftover
 
@@ -300,6 +324,19 @@ class Decoder:
     # ------------------------------------------------------------------ output
 
     def next_event(self) -> Event | Wait:
+        event = self._next_event()
+        while self._discarding and (type(event) is Frame or type(event) is LiteralChunk):
+            # the rest of a refused message: consumed, not given out
+            if type(event) is Frame:
+                self.discarded_bytes += len(event.raw)
+                if event.final:
+                    self._discarding = False
+            else:
+                self.discarded_bytes += len(event.data)  # type: ignore[union-attr]
+            event = self._next_event()
+        return event
+
+    def _next_event(self) -> Event | Wait:
         if self._error is not None:
             raise self._error
         mode = self._mode
@@ -308,7 +345,10 @@ class Decoder:
         if mode is _Mode.STREAM:
             return self._next_chunk()
         if mode is _Mode.HOLD or mode is _Mode.TLS:
-            if self.buffered > self.limits.max_held_bytes:
+            held_limit = self.limits.max_held_bytes
+            if self._hold is Hold.NONSYNC_LITERAL:
+                held_limit += self._held_before  # received before the pause, legitimately
+            if self.buffered > held_limit:
                 self._fail(
                     "peer sent too much while it should have been waiting for the other side",
                     limit="max_held_bytes",
@@ -358,12 +398,20 @@ class Decoder:
                 return self._emit_part(end, final=True)
             # A literal follows this line.
             size = spec.size
-            if spec.sync:
+            if spec.sync and self._discarding:
+                # The client waits for a "+" that will not come (the server refused the
+                # command): the message ends here.
+                return self._emit_part(end, final=True)
+            if spec.sync or (spec.nonsync_marker and self.nonsync_as_sync and not self._discarding):
                 streamed = size > limits.inline_literal_bytes
                 frame = self._emit_part(end, final=False, literal=spec, streamed=streamed)
                 self._hold_streamed = streamed
                 self._hold_size = size
-                self._enter_hold(Hold.LITERAL, self._tag)
+                if spec.sync:
+                    self._enter_hold(Hold.LITERAL, self._tag)
+                else:
+                    self._enter_hold(Hold.NONSYNC_LITERAL, self._tag)
+                    self._held_before = self.buffered
                 return frame
             if end - self._part_start + size > limits.inline_literal_bytes:
                 # Too big to keep: the part so far goes out now and the literal streams.
@@ -530,7 +578,7 @@ class Decoder:
 
     def _after_message(self) -> None:
         """Decide how the client's next bytes are to be read, once a message is complete."""
-        if self.side is not Side.CLIENT:
+        if self.side is not Side.CLIENT or self._discarding:
             return
         kind = self._kind
         if kind is FrameKind.COMMAND:

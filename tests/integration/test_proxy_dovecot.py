@@ -10,8 +10,8 @@ Observed Dovecot 2.3.19 behaviour these tests rely on (checked directly, without
   STARTTLS / login - then Dovecot sends an untagged ``* CAPABILITY`` before a plain tagged
   ``OK`` instead.  (CAPABILITY sent *after* STARTTLS does not count, so with
   ``--upstream-tls starttls`` the proxy's own CAPABILITY never changes this.)  Every list
-  has ``LITERAL+``, which the proxy withholds (it refuses ``{n+}``, see
-  test_proxy_unparsed_literals.py): clients here send synchronising literals.
+  has ``LITERAL+``, which the proxy passes on: it sends ``{n+}`` upstream as ``{n}`` and
+  absorbs Dovecot's ``+`` (see test_proxy_unparsed_literals.py).
 * A synchronising literal Dovecot will not take (``APPEND`` to a missing mailbox) is refused
   with a tagged ``NO [TRYCREATE]`` and *no* ``+``: the client must not send the literal and
   its next line is a new command.
@@ -103,15 +103,12 @@ def strip_caps(message: bytes) -> bytes:
     return _DATA_LIST.sub(b"* CAPABILITY <list>", _CODE_LIST.sub(b"[CAPABILITY <list>]", message))
 
 
-NONSYNC_LITERALS = ("LITERAL+", "LITERAL-")
-
-
 def mediated(upstream: list[str]) -> list[str]:
     """What the proxy must leave of an upstream list (STARTTLS is judged separately)."""
     out = []
     for cap in upstream:
         upper = cap.upper()
-        if upper == "STARTTLS" or upper.startswith("COMPRESS=") or upper in NONSYNC_LITERALS:
+        if upper == "STARTTLS" or upper.startswith("COMPRESS="):
             continue
         if upper.startswith("AUTH=") and upper.endswith("-PLUS"):
             continue
@@ -122,7 +119,7 @@ def mediated(upstream: list[str]) -> list[str]:
 def assert_caps(got: list[str] | None, upstream: list[str], *, starttls: bool) -> None:
     assert got is not None, "no capability list"
     assert not [c for c in got if c.upper().startswith("COMPRESS")], got
-    assert not [c for c in got if c.upper() in NONSYNC_LITERALS], got  # {n+} is refused
+    assert "LITERAL+" in got, got  # passed on: {n+} goes upstream as {n}
     assert ("STARTTLS" in got) == starttls, got
     assert got.count("STARTTLS") <= 1, got
     # Everything else (unknown extensions included) unchanged and in the upstream's order.
@@ -594,10 +591,13 @@ def test_literal_content_is_opaque(route: Route, new_user: NewUser, size: int) -
         c.expect_continuation()
         c.send(first_msg + b"\r\n")
         tagged(c.read_until_tagged(b"O1"), b"O1")
-        # (these two were LITERAL+ before the proxy stopped offering it)
-        reply = c.send_literals(b"O2", b"APPEND INBOX {%d}" % len(second_msg), second_msg)
+        # LITERAL+ (sent upstream as {n}; Dovecot's "+" is not passed on)
+        reply = c.command(b"O2", b"APPEND INBOX {%d+}\r\n%s" % (len(second_msg), second_msg))
+        assert len(reply) == 1, reply
         tagged(reply, b"O2")
-        tagged(c.send_literals(b"O3", b"APPEND INBOX ~{%d}" % 7, b"bin\x00ary"), b"O3")
+        reply = c.command(b"O3", b"APPEND INBOX ~{%d+}\r\n%s" % (7, b"bin\x00ary"))
+        assert len(reply) == 1, reply
+        tagged(reply, b"O3")
         tagged(c.command(b"O4", b"EXAMINE INBOX"), b"O4")
         reply = c.command(b"O5", b"FETCH 1:3 (BODY.PEEK[])")
         tagged(reply, b"O5")
@@ -610,23 +610,22 @@ def test_literal_content_is_opaque(route: Route, new_user: NewUser, size: int) -
         tagged(c.command(b"O7", b"NOOP"), b"O7")
 
 
-def test_append_literal_plus_is_refused(route: Route, new_user: NewUser) -> None:
-    """LITERAL+ is not offered, so APPEND / MULTIAPPEND with ``{n+}`` / ``~{n+}`` get the
-    proxy's BAD [CLIENTBUG]: nothing reaches Dovecot (no message is stored), the literals'
-    bytes are consumed (never run as commands, even when they look like commands) and the
-    session goes on.  The same data with synchronising literals:
-    test_append_sync_literals_and_multiappend, test_literal_content_is_opaque."""
+def test_append_literal_plus(route: Route, new_user: NewUser) -> None:
+    """APPEND / MULTIAPPEND with ``{n+}`` / ``~{n+}``: the client sends each literal without
+    waiting; the proxy sends it upstream as ``{n}`` and absorbs Dovecot's ``+``, so the
+    client sees only the tagged answer.  A refused APPEND (missing mailbox) gets Dovecot's
+    NO, and its literal, sent anyway, is consumed - never run, even when it looks like
+    commands.  Everything stored is byte-exact."""
     user, password = new_user()
     m1, m2 = simple_message("m1", "x" * 100), simple_message("m2", "x" * 200)
     tricky_small, tricky_large = tricky_message("plus", 2_000), tricky_message("plus", 300_000)
-    refusal = b"BAD [CLIENTBUG] non-synchronising literals are not supported (no LITERAL+)\r\n"
     with route.raw_login(user, password) as c:
         caps = c.command(b"P0", b"CAPABILITY")
-        assert b"LITERAL+" not in caps[0] and b"LITERAL-" not in caps[0], caps
+        assert b" LITERAL+" in caps[0], caps
         assert message_count(c, b"P1") == 0
-        refused = {
+        appends = {
             b"P2": b"APPEND INBOX {5+}\r\nhello",
-            # MULTIAPPEND, all in one write: the second literal is consumed too
+            # MULTIAPPEND, all in one write
             b"P3": b"APPEND INBOX (\\Flagged) {%d+}\r\n%s (\\Seen) {%d+}\r\n%s"
             % (len(m1), m1, len(m2), m2),
             b"P4": b"APPEND INBOX ~{%d+}\r\n%s" % (7, b"bin\x00ary"),
@@ -634,41 +633,39 @@ def test_append_literal_plus_is_refused(route: Route, new_user: NewUser) -> None
             b"P5": b"APPEND INBOX {%d+}\r\n%s" % (len(tricky_small), tricky_small),
             b"P6": b"APPEND INBOX {%d+}\r\n%s" % (len(tricky_large), tricky_large),
         }
-        for tag, text in refused.items():
+        for tag, text in appends.items():
             reply = c.command(tag, text)
-            assert reply == [tag + b" " + refusal], reply  # and nothing from the literal
-            assert c.nothing_pending(0.1)
-            noop = c.command(tag + b"n", b"NOOP")  # no answer to literal bytes before it
-            assert len(noop) == 1 and noop[0].startswith(tag + b"n OK"), noop
-        # a synchronising literal whose content carries "{n+}" is no {n+}: it is relayed
-        reply = c.send_literals(b"P7", b"APPEND INBOX {%d}" % len(tricky_small), tricky_small)
-        assert re.match(rb"P7 OK \[APPENDUID \d+ 1\]", tagged(reply, b"P7"))
-        assert message_count(c, b"P8") == 1
+            assert len(reply) == 1, reply  # no "+", nothing from the literal
+            assert re.match(rb"%s OK \[APPENDUID \d+ [\d:]+\]" % tag, reply[0]), reply
+        # refused: Dovecot says NO [TRYCREATE] to the {n}; the literal is consumed here
+        reply = c.command(b"PR", b"APPEND nosuch {%d+}\r\n%s" % (len(tricky_large), tricky_large))
+        assert len(reply) == 1 and reply[0].startswith(b"PR NO [TRYCREATE]"), reply
+        assert c.nothing_pending(0.1)
+        noop = c.command(b"PRn", b"NOOP")  # no answer to literal bytes before it
+        assert len(noop) == 1 and noop[0].startswith(b"PRn OK"), noop
+        assert message_count(c, b"P8") == 6
         tagged(c.command(b"P9", b"EXAMINE INBOX"), b"P9")
-        got, _ = fetch_bodies(c, b"PA", "1:*")
-        assert got == [tricky_small]
+        got, fetched = fetch_bodies(c, b"PA", "1:*")
+        # (Dovecot stores NUL as 0x80)
+        assert got == [b"hello", m1, m2, b"bin\x80ary", tricky_small, tricky_large]
+        assert b"\\Flagged" in fetched[1] and b"\\Seen" in fetched[2]
 
 
-def test_literal_plus_after_a_sync_literal_ends_the_session(
-    route: Route, new_user: NewUser
-) -> None:
-    """MULTIAPPEND whose first literal is synchronising (accepted with "+", so that part is
-    already upstream) and whose second is ``{n+}``: nothing clean is left, the proxy ends
-    the session with BYE [CLIENTBUG] and the APPEND is not completed."""
+def test_literal_plus_after_a_sync_literal(route: Route, new_user: NewUser) -> None:
+    """MULTIAPPEND whose first literal is synchronising (the client waits for "+") and
+    whose second is ``{n+}`` (sent at once; upstream as ``{n}``): both are stored."""
     user, password = new_user()
     m1, m2 = simple_message("m1", "one"), simple_message("m2", "two")
     with route.raw_login(user, password) as c:
         c.send(b"Q1 APPEND INBOX {%d}\r\n" % len(m1))
         c.expect_continuation()
         c.send(m1 + b" {%d+}\r\n%s\r\n" % (len(m2), m2))
-        rest = []
-        with pytest.raises(EOFError):
-            while True:
-                rest.append(c.read_message())
-        assert [m for m in rest if m.startswith(b"* BYE [CLIENTBUG] ")], rest
-        assert not [m for m in rest if m.startswith(b"Q1 OK")], rest
-    with route.raw_login(user, password) as c:
-        assert message_count(c, b"Q2") == 0
+        reply = c.read_until_tagged(b"Q1")
+        assert len(reply) == 1 and reply[0].startswith(b"Q1 OK"), reply
+        assert message_count(c, b"Q2") == 2
+        tagged(c.command(b"Q3", b"EXAMINE INBOX"), b"Q3")
+        got, _ = fetch_bodies(c, b"Q4", "1:*")
+        assert got == [m1, m2]
 
 
 def test_many_literals_in_one_message(
@@ -1108,6 +1105,10 @@ def byte_script(user: str, password: str) -> list[Step]:
         Step(ma + b" (\\Draft) {%d}\r\n" % len(mb), b"+"),
         Step(mb + b"\r\n", b"T18"),
         cmd("T19", b"APPEND Nonexistent {5}"),  # NO [TRYCREATE], no "+"
+        # LITERAL+: direct, Dovecot reads the literal at once; through the proxy it gets
+        # {n} and a "+" that the proxy absorbs.  The client sees the same either way.
+        Step(b"T19A APPEND INBOX {%d+}\r\n%s\r\n" % (len(m2), m2), b"T19A"),
+        Step(b"T19B APPEND Nonexistent {5+}\r\nhello\r\n", b"T19B"),
         # pipelined (commands Dovecot completes in order), one write
         Step(
             b"T20 NOOP\r\nT21 FETCH 1:* (UID FLAGS)\r\nT22 STORE 1 +FLAGS (\\Flagged)\r\n"
@@ -1186,9 +1187,9 @@ def test_byte_exact_against_direct_dovecot(
 ) -> None:
     """The same ~45-command script, through the proxy (upstream none) and straight to
     Dovecot: after normalising timings, UIDVALIDITY and dates the server's bytes are
-    identical except the capability lists the proxy mediates.  The script sends only
-    synchronising literals (the proxy offers no LITERAL+), so the "+" continuation
-    requests are Dovecot's own, relayed."""
+    identical except the capability lists the proxy mediates.  The "+" continuation
+    requests for synchronising literals are Dovecot's own, relayed; those for the
+    proxy's own {n} (a client's {n+}) never show."""
     ctx = tls_certs.client_context() if listener == "tls" else None
     results: list[list[bytes]] = []
     for via_proxy in (True, False):
@@ -1218,16 +1219,12 @@ def test_byte_exact_against_direct_dovecot(
         p_caps, d_caps = caps_in(p), caps_in(d)
         assert p_caps is not None and d_caps is not None, f"proxied {p!r} != direct {d!r}"
         assert strip_caps(p) == strip_caps(d), (p, d)
-        # only the mediation may differ: COMPRESS=* and LITERAL+/- withheld, STARTTLS per
-        # the proxy's policy (whether STARTTLS is right *here* is
-        # test_plaintext_login_capabilities')
+        # only the mediation may differ: COMPRESS=* withheld, STARTTLS per the proxy's
+        # policy (whether STARTTLS is right *here* is test_plaintext_login_capabilities')
         assert not [c for c in p_caps if c.upper().startswith("COMPRESS")], p
-        assert not [c for c in p_caps if c.upper() in NONSYNC_LITERALS], p
         assert [c for c in p_caps if c != "STARTTLS"] == mediated(d_caps), (p, d)
         differing.append(d)
-    # exactly the capability lists differed (LITERAL+ withheld from all of them): the
-    # greeting's and T01's before login, and LOGIN's, T05's and T24's after it (these
-    # three with COMPRESS=DEFLATE withheld too)
-    assert len(differing) == 5, differing
-    assert all(b" LITERAL+ " in d for d in differing), differing
-    assert [b"COMPRESS=DEFLATE" in d for d in differing] == [False, False, True, True, True]
+    # exactly the capability lists with COMPRESS=DEFLATE differed: LOGIN's, T05's and
+    # T24's, after login (LITERAL+ is passed on, so the lists before login are identical)
+    assert len(differing) == 3, differing
+    assert all(b"COMPRESS=DEFLATE" in d and b" LITERAL+ " in d for d in differing), differing

@@ -437,8 +437,12 @@ class Harness:
         return self.error is not None or self.eof_seen
 
     def bound(self) -> int:
-        lim = self.decoder.limits
-        return lim.max_line_bytes + lim.inline_literal_bytes + lim.max_held_bytes + self.last_chunk
+        d = self.decoder
+        lim = d.limits
+        held = lim.max_held_bytes
+        if d.waiting_for is Hold.NONSYNC_LITERAL:
+            held += d._held_before  # the client sends that literal without waiting
+        return lim.max_line_bytes + lim.inline_literal_bytes + held + self.last_chunk
 
     def feed(self, data: bytes) -> Wait | None:
         if self.dead or self.eof:
@@ -533,7 +537,7 @@ class Harness:
             return
         d = self.decoder
         hold = d.waiting_for
-        if d.continuation() and hold is Hold.LITERAL:
+        if d.continuation() and hold in (Hold.LITERAL, Hold.NONSYNC_LITERAL):
             assert self.open_part is not None and self.open_part.literal is not None
             if self.open_part.streamed:
                 self.stream_left = self.open_part.literal.size
@@ -553,6 +557,8 @@ class Harness:
             return
         if settled and hold is Hold.LITERAL:
             self.open_part = None  # the message ended without its literal
+        if settled and hold is Hold.NONSYNC_LITERAL:
+            self.open_part = None  # the rest of the message is consumed, never given out
         if settled and hold is Hold.STARTTLS and status == "OK":
             self.tls_pending = True
         self.drain()
@@ -571,7 +577,10 @@ class Harness:
         if self.any_error:
             return
         d = self.decoder
-        assert bytes(self.out) + bytes(d._buf[d._pos :]) == bytes(self.fed)
+        consumed = len(self.fed) - len(self.out) - d.buffered
+        assert consumed == d.discarded_bytes, (consumed, d.discarded_bytes)
+        if not d.discarded_bytes:
+            assert bytes(self.out) + bytes(d._buf[d._pos :]) == bytes(self.fed)
 
 
 STATES: dict[str, tuple[Side, bytes, str]] = {
@@ -588,6 +597,11 @@ STATES: dict[str, tuple[Side, bytes, str]] = {
     "client-idle-done": (C, b"a IDLE\r\n", "continuation"),
     "client-starttls-hold": (C, b"a STARTTLS\r\n", ""),
     "client-starttls-ok": (C, b"a STARTTLS\r\n", "ok"),
+    # nonsync_as_sync (the relay's mode): {n+} pauses; a refusal discards the message's rest
+    "client-converting": (C, b"", "convert"),
+    "client-converting-hold": (C, b"a APPEND INBOX {5+}\r\n", "convert"),
+    "client-converting-streamed": (C, b"a APPEND INBOX {300+}\r\n", "convert+continuation"),
+    "client-converting-refused": (C, b"a APPEND INBOX {300+}\r\n", "convert+refused"),
     "server-greeting": (S, b"", ""),
     "server-responses": (S, b"* OK hi\r\n", ""),
     "server-authenticated": (S, b"* PREAUTH hi\r\n", "auth"),
@@ -598,6 +612,10 @@ STATES: dict[str, tuple[Side, bytes, str]] = {
 def harness_in(state: str) -> Harness:
     side, prefix, then = STATES[state]
     h = Harness(Decoder(side, SMALL))
+    if then.startswith("convert"):
+        h.decoder.nonsync_as_sync = True
+        h.decoder.authenticated = True
+        then = then.partition("+")[2]
     if then == "auth":
         h.decoder.authenticated = True
     elif then == "minus":
@@ -608,6 +626,8 @@ def harness_in(state: str) -> Harness:
         h.continuation()
     elif then == "ok":
         h.completed("OK")
+    elif then == "refused":
+        h.completed("NO")
     assert not h.dead
     return h
 
