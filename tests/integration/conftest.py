@@ -10,8 +10,8 @@
 * ``new_user``: a fresh Dovecot user (empty INBOX) for every call, from a pool created in
   batches so that only one passwd reload wait (~1 s) is paid per batch.
 * ``RawClient``: a minimal socket (+ssl) IMAP client for what the libraries cannot send
-  (SASL-IR, MULTIAPPEND, pipelining, streaming huge literals, and the non-synchronising
-  literals ``{n+}`` the proxy must refuse: it does not advertise LITERAL+/LITERAL-).
+  (SASL-IR, MULTIAPPEND, pipelining, streaming huge literals, non-synchronising literals
+  ``{n+}``, which the proxy sends upstream as ``{n}``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Frame.nonsync: the decoder says which parts announce a {n+} literal (the relay refuses
+"""Frame.nonsync: the decoder says which parts announce a {n+} literal (the relay rewrites
 them), from the framing itself rather than from a pattern over the bytes."""
 
 from __future__ import annotations
