@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle timeout once authenticated (RFC 9051: at least 1800)",
     )
     run.add_argument(
+        "--answer-timeout",
+        type=float,
+        default=_TIMEOUTS.answer_timeout,
+        metavar="SECONDS",
+        help="end a session whose server, with a command in progress, stays silent this "
+        "long (the idle timeout does not run while a command is in progress)",
+    )
+    run.add_argument(
         "--shutdown-drain",
         type=float,
         default=_TIMEOUTS.shutdown_drain,
@@ -119,7 +127,11 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         cert_file=args.cert,
         key_file=args.key,
         require_tls_for_login=args.require_tls_for_login,
-        timeouts=Timeouts(idle_authenticated=args.idle_timeout, shutdown_drain=args.shutdown_drain),
+        timeouts=Timeouts(
+            idle_authenticated=args.idle_timeout,
+            answer_timeout=args.answer_timeout,
+            shutdown_drain=args.shutdown_drain,
+        ),
         session_limits=SessionLimits(
             max_sessions=args.max_sessions,
             max_sessions_per_address=args.max_sessions_per_address,

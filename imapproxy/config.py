@@ -75,6 +75,11 @@ class Timeouts:
     # RFC 9051 §5.4: at least 30 minutes once authenticated; IDLE clients re-issue IDLE
     # at least every 29 minutes, which counts as activity.
     idle_authenticated: float = 31 * 60.0
+    # While a command is in progress the idle timers do not run (a client waiting for an
+    # answer is not idle), but a server that stays silent this long, with the client
+    # silent too, has lost the command (e.g. it answered only with an untagged BAD): the
+    # session ends rather than live on forever.
+    answer_timeout: float = 60 * 60.0
     # Graceful shutdown: how long sessions may go on after the listeners close.
     shutdown_drain: float = 10.0
     # Writing a last BYE to a client that does not read must not hold anything up.

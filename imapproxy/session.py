@@ -145,6 +145,7 @@ class Session:
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
         self._touched = -math.inf  # when the idle deadline was last moved
+        self._touched_waiting = False  # ... and whether for an answer (answer_timeout)
         self._paused_scope: trio.CancelScope | None = None  # a read while the client waits
         self._no_pending: trio.Event | None = None  # set on each tagged completion
         self._client_boundary = True  # the client's stream is between two messages
@@ -225,7 +226,14 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._end = self._end or SessionEnd("connection_lost", f"connection lost: {exc}")
         if self._end is None:
-            if scope.cancelled_caught:
+            if scope.cancelled_caught and self._touched_waiting:
+                log.warning(
+                    "session %s: upstream silent for %.0f s with a command in progress",
+                    self.id,
+                    self.config.timeouts.answer_timeout,
+                )
+                self._end = unavailable("upstream_stalled", "upstream stopped answering")
+            elif scope.cancelled_caught:
                 self._end = SessionEnd(
                     "idle_timeout",
                     "idle timeout",
@@ -399,25 +407,26 @@ class Session:
         if scope is None:
             return
         conv = self.conv
-        if conv.pending and not conv.client.idling:
-            # Waiting for the server's answer is not idleness (RFC 9051 §5.4 is about a
-            # client that sends nothing).  A client that gives up closes its connection,
-            # which the client pump still sees.  (Compared first: trio's deadline setter
-            # is costly, and this runs per command.)
-            if scope.deadline != math.inf:
-                scope.deadline = math.inf
-            return
         t = self.config.timeouts
-        idle = (
-            t.idle_unauthenticated
-            if conv.phase is Phase.NOT_AUTHENTICATED
-            else t.idle_authenticated
-        )
+        waiting = bool(conv.pending) and not conv.client.idling
+        if waiting:
+            # Waiting for the server's answer is not idleness (RFC 9051 §5.4 is about a
+            # client that sends nothing); only a server silent for answer_timeout ends
+            # the session then.  A client that gives up closes its connection, which the
+            # client pump still sees.
+            timeout = t.answer_timeout
+        elif conv.phase is Phase.NOT_AUTHENTICATED:
+            timeout = t.idle_unauthenticated
+        else:
+            timeout = t.idle_authenticated
         now = trio.current_time()
-        if scope.deadline != math.inf and now - self._touched < idle / 10:
+        # Coarse: trio's deadline setter is costly and this runs per command, so the
+        # deadline moves only when the timer changes or a tenth of it has passed.
+        if waiting is self._touched_waiting and now - self._touched < timeout / 10:
             return
         self._touched = now
-        scope.deadline = now + idle
+        self._touched_waiting = waiting
+        scope.deadline = now + timeout
 
     async def _guard(
         self, pump: Callable[[], Awaitable[None]], nursery_scope: trio.CancelScope

@@ -237,6 +237,47 @@ async def test_command_in_progress_is_not_idle(script: Script, command: bytes) -
     assert b"BYE" not in client.received, bytes(client.received[-200:])
 
 
+LOST_COMMAND: Script = [
+    Send(b"* OK [CAPABILITY IMAP4rev1] fake ready\r\n"),
+    Expect("LOGIN", reply=b"{tag} OK logged in\r\n"),
+    Expect("XLOST", reply=b"* BAD no idea which command that was\r\n"),  # never tagged
+    Stall(),
+]
+
+
+async def test_a_command_the_server_never_answers_ends_after_the_answer_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While a command is in progress the idle timer does not run; a server that loses the
+    command (answers only untagged) and falls silent ends the session after
+    ``answer_timeout`` with BYE [UNAVAILABLE], not never."""
+    answer = 2 * IDLE_AUTH
+    timeouts = Timeouts(
+        idle_unauthenticated=IDLE_UNAUTH,
+        idle_authenticated=IDLE_AUTH,
+        answer_timeout=answer,
+        shutdown_drain=0.2,
+    )
+    with trio.fail_after(LIMIT):
+        async with (
+            fake_server(LOST_COMMAND) as fake,
+            running_proxy(make_config(fake.port, timeouts=timeouts)) as (_, addrs),
+        ):
+            client = await greeted(*addrs[0])
+            await login(client)
+            await client.send(b"x1 XLOST\r\n")
+            start = trio.current_time()
+            rest = await client.read_until_eof()
+            elapsed = trio.current_time() - start
+            _, end = await wait_session_end(lambda: log_messages(caplog), client.local_port)
+    assert rest == b"* BAD no idea which command that was\r\n" + (
+        b"* BYE [UNAVAILABLE] upstream stopped answering\r\n"
+    ), rest
+    # neither the idle timeout (1 s) nor never: the answer timeout
+    assert answer - 0.05 <= elapsed < answer + SLACK, elapsed
+    assert "reason=upstream_stalled" in end
+
+
 # --------------------------------------------------------------------------- session limits
 
 
