@@ -8,6 +8,9 @@ prints a table of MB/s and frames/s (median of several runs, one core).  Streams
 * ``small-cmds``  client: a run of small pipelined commands (UID FETCH / STORE / NOOP ...)
 * ``small-resp``  server: small untagged and tagged responses (* n EXISTS, * n FETCH (FLAGS))
 * ``parse-small`` frame + parse of the small commands into typed structures
+* ``conv-noop``   both directions through a ``Conversation``, as the relay drives it:
+                  batches of 100 pipelined NOOPs, then their 100 tagged OKs
+* ``conv-flags``  the same with ``UID FETCH n (FLAGS)`` and ``* n FETCH`` + OK answers
 
 Targets (issue #2): >= 1 GB/s of literal payload, >= 150,000 small frames/s per core.
 """
@@ -20,7 +23,16 @@ import statistics
 import time
 from collections.abc import Callable
 
-from imapproxy.wire import NEED_DATA, PAUSED, Decoder, Frame, LiteralChunk, Side, parse_frame
+from imapproxy.wire import (
+    NEED_DATA,
+    PAUSED,
+    Conversation,
+    Decoder,
+    Frame,
+    LiteralChunk,
+    Side,
+    parse_frame,
+)
 
 READ = 64 * 1024
 
@@ -84,6 +96,27 @@ def run_decoder(side: Side, data: bytes, parse: bool = False) -> tuple[int, int]
     return frames, literal
 
 
+def run_conversation(command: bytes, answer: bytes, batches: int) -> tuple[int, int]:
+    """Both directions of pipelined batches of 100 through one Conversation (frame
+    tracking, pending tags, completions); returns (commands, frames)."""
+    conv = Conversation(nonsync_as_sync=True)  # as the relay sets it up
+    conv.receive_server(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n")
+    while conv.next_server_event() is not NEED_DATA:
+        pass
+    commands = b"".join(b"Z%d %s\r\n" % (i, command) for i in range(100))
+    answers = b"".join(answer.replace(b"{tag}", b"Z%d" % i).replace(b"{n}", b"%d" % (i + 1))
+                       for i in range(100))  # fmt: skip
+    frames = 0
+    for _ in range(batches):
+        conv.receive_client(commands)
+        while conv.next_client_event() is not NEED_DATA:
+            frames += 1
+        conv.receive_server(answers)
+        while conv.next_server_event() is not NEED_DATA:
+            frames += 1
+    return batches * 100, frames
+
+
 def measure(fn: Callable[[], tuple[int, int]], repeat: int) -> tuple[float, int, int]:
     times = []
     result = (0, 0)
@@ -119,6 +152,23 @@ def main() -> None:
             f"{name:<12} {len(data):>12,} {frames:>9,} {secs:>9.3f} "
             f"{len(data) / secs / 1e6:>9.0f} {frames / secs:>11,.0f} "
             f"{payload / secs / 1e6 if payload else float('nan'):>13.0f}"
+        )
+    print(f"\n{'conversation':<12} {'commands':>12} {'frames':>9} {'median s':>9} "
+          f"{'cmds/s':>9} {'us/command':>11}")  # fmt: skip
+    conv_cases = [
+        ("conv-noop", b"NOOP", b"{tag} OK NOOP completed (0.001 + 0.000 secs).\r\n"),
+        (
+            "conv-flags",
+            b"UID FETCH 1 (FLAGS)",
+            b"* {n} FETCH (UID {n} FLAGS (\\Seen))\r\n{tag} OK Fetch completed (0.001 secs).\r\n",
+        ),
+    ]
+    for name, command, answer in conv_cases:
+        run = functools.partial(run_conversation, command, answer, int(3000 * s))
+        secs, commands, frames = measure(run, args.repeat)
+        print(
+            f"{name:<12} {commands:>12,} {frames:>9,} {secs:>9.3f} "
+            f"{commands / secs:>9,.0f} {secs / commands * 1e6:>11.2f}"
         )
 
 

@@ -513,7 +513,8 @@ class Session:
                     self._touch()  # now pending: the idle clock waits for its answer
                 if ev.nonsync:
                     ev = self._as_sync(ev)
-                self._tap_frame(ev, to_upstream=True)
+                if self.taps:
+                    self._tap_frame(ev, to_upstream=True)
                 out.append(ev.raw)
                 size += len(ev.raw)
             elif type(ev) is LiteralChunk:

@@ -168,6 +168,17 @@ class Decoder:
         self._hold_streamed = False
         self._hold_size = 0
         self._greeting_pending = side is Side.SERVER
+        # command/response names as received -> upper case (match groups are always bytes,
+        # even from a bytearray buffer)
+        self._names: dict[bytes, str] = {}
+
+    def _name_of(self, raw: bytes) -> str:
+        """A name's canonical (upper-case) form; remembered, since a connection uses few
+        names over and over (bounded: a peer may send any number of made-up ones)."""
+        name = raw.decode("ascii", "replace").upper()
+        if len(self._names) < 64:
+            self._names[raw] = name
+        return name
 
     # ------------------------------------------------------------------ input
 
@@ -324,6 +335,10 @@ class Decoder:
     # ------------------------------------------------------------------ output
 
     def next_event(self) -> Event | Wait:
+        if self._mode is _Mode.LINE and not self._discarding:
+            return self._next_line()  # the common case, one call deep
+        if not self._discarding:
+            return self._next_event()
         event = self._next_event()
         while self._discarding and (type(event) is Frame or type(event) is LiteralChunk):
             # the rest of a refused message: consumed, not given out
@@ -451,8 +466,11 @@ class Decoder:
                 self._tag = _first_word(buf, start, end)
                 self._name = ""
                 return
-            self._tag = m.group(1)
-            name = m.group(2).decode("ascii", "replace").upper()
+            tag, raw_name = m.groups()
+            self._tag = tag
+            name = self._names.get(raw_name)
+            if name is None:
+                name = self._name_of(raw_name)
             if name == "UID":
                 m2 = _UID_NEXT.match(buf, m.end(), end)
                 if m2 is not None:
@@ -461,7 +479,7 @@ class Decoder:
             self._sensitive = name in _SENSITIVE_COMMANDS
             return
         # server side
-        if buf.startswith(b"+", start):
+        if buf[start] == 43:  # "+"
             self._kind = FrameKind.CONTINUATION
             self._tag = None
             self._name = "+"
@@ -473,9 +491,10 @@ class Decoder:
             self._name = ""
             self._greeting_pending = False
             return
-        tag = m.group(1)
-        name = m.group(3).decode("ascii", "replace").upper()
-        number = m.group(2)
+        tag, number, raw_name = m.groups()
+        name = self._names.get(raw_name)
+        if name is None:
+            name = self._name_of(raw_name)
         self._name = name
         if tag == b"*":
             self._tag = None
@@ -543,10 +562,9 @@ class Decoder:
         literal: LiteralSpec | None = None,
         streamed: bool = False,
     ) -> Frame:
-        start = self._part_start
         first = self._first_part
         self._first_part = final
-        raw = self._buf[start:end]
+        raw = self._buf[self._part_start : end]
         if type(raw) is not bytes:
             raw = bytes(raw)
         frame = Frame(
@@ -555,25 +573,22 @@ class Decoder:
             raw,
             self._tag,
             self._name,
-            number=self._number,
-            first=first,
-            final=final,
-            literal=literal,
-            streamed=streamed,
-            sensitive=self._sensitive,
-            nonsync=self._part_nonsync or (literal is not None and literal.nonsync_marker),
+            self._number,
+            first,
+            final,
+            literal,
+            streamed,
+            self._sensitive,
+            self._part_nonsync or (literal is not None and literal.nonsync_marker),
         )
         self._part_nonsync = False
-        self._pos = end
+        self._pos = self._part_start = self._line_start = self._scan = self._lit_end = end
         if final:
             self._in_message = False
-            self._after_message()
-        self._part_start = end
-        self._line_start = end
-        self._scan = end
-        self._lit_end = end
-        if final:
-            self._maybe_compact()
+            if self.side is Side.CLIENT:
+                self._after_message()
+            if end >= _COMPACT_AT or end == len(self._buf):
+                self._compact()
         return frame
 
     def _after_message(self) -> None:
@@ -708,10 +723,6 @@ class Decoder:
         pending = self.buffered
         clean = pending == 0 and not self._in_message and self._mode is not _Mode.STREAM
         return EndOfStream(self.side, clean, pending)
-
-    def _maybe_compact(self) -> None:
-        if self._pos >= _COMPACT_AT or self._pos == len(self._buf):
-            self._compact()
 
     def _compact(self) -> None:
         pos = self._pos

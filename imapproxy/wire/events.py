@@ -89,7 +89,7 @@ class Frame:
         raw: bytes,
         tag: bytes | None,
         name: str,
-        *,
+        # (not keyword-only: the decoder passes them by position, which is faster)
         number: int | None = None,
         first: bool = True,
         final: bool = True,
