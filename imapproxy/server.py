@@ -21,6 +21,7 @@ import trio
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
 from .session import Session, Tap
 from .tls import server_context, upstream_context
+from .transport import SocketStream
 
 log = logging.getLogger("imapproxy.server")
 
@@ -126,7 +127,7 @@ class Proxy:
             return
         session = Session(
             session_id=sid,
-            stream=stream,
+            stream=SocketStream.from_trio(stream),
             peer=peer,
             listener=lc,
             config=self.config,

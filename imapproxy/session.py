@@ -42,6 +42,7 @@ import trio
 
 from .capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
+from .transport import SocketStream, TlsStream
 from .wire import (
     NEED_DATA,
     PAUSED,
@@ -246,7 +247,7 @@ class Session:
 
     async def _start_client_tls(self) -> None:
         assert self.server_ssl is not None
-        tls = trio.SSLStream(self.client, self.server_ssl, server_side=True)
+        tls = TlsStream(self.client, self.server_ssl, server_side=True)
         self.client = tls
         try:
             with trio.fail_after(self.config.timeouts.tls_handshake):
@@ -262,7 +263,7 @@ class Session:
         up = self.config.upstream
         host, port = up.endpoint.host, up.endpoint.port
         try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            stream = SocketStream.from_trio(await trio.open_tcp_stream(host, port))
         except OSError as exc:
             raise unavailable(
                 "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
@@ -281,7 +282,7 @@ class Session:
     async def _upstream_tls(self) -> None:
         up = self.config.upstream
         assert self.upstream is not None and self.upstream_ssl is not None
-        tls = trio.SSLStream(
+        tls = TlsStream(
             self.upstream,
             self.upstream_ssl,
             server_hostname=up.server_hostname or up.endpoint.host,
