@@ -4,7 +4,8 @@ What the session relies on: bytes arrive complete and in order whatever the read
 a cancelled read loses nothing (also mid-TLS-record), the peer's close is EOF (plain, or
 TLS with close_notify) or BrokenResourceError (TLS without close_notify, reset), a failed
 certificate check surfaces as BrokenResourceError with the ssl error as __cause__, and
-big writes (encrypted in a worker thread) keep their order against small ones.
+big writes (encrypted and sent in pieces) keep their order against small ones, with
+the same stream being read at the same time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import trio
 import trustme
 
 from imapproxy.tls import server_context
-from imapproxy.transport import OFFLOAD_MIN, SocketStream, TlsStream
+from imapproxy.transport import TLS_WRITE_CHUNK, SocketStream, TlsStream
 from tests.support.certs import TlsCerts, client_ssl_context, make_tls_certs
 
 
@@ -48,22 +49,18 @@ async def socket_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
 
 
 @asynccontextmanager
-async def tls_pair(
-    certs: TlsCerts, *, offload_min: int | None = OFFLOAD_MIN
-) -> AsyncIterator[tuple[TlsStream, TlsStream]]:
+async def tls_pair(certs: TlsCerts) -> AsyncIterator[tuple[TlsStream, TlsStream]]:
     """(client, server) TLS streams, handshake done, the client verifying 'localhost'."""
     async with socket_pair() as (a, b):
         client = TlsStream(
             a,
             client_ssl_context(certs.ca_path),
             server_hostname="localhost",
-            offload_min=offload_min,
         )
         server = TlsStream(
             b,
             server_context(str(certs.cert_path), str(certs.key_path)),
             server_side=True,
-            offload_min=offload_min,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.do_handshake)
@@ -321,21 +318,21 @@ async def test_tls_handshake_with_vanishing_peer_breaks(certs: TlsCerts) -> None
         assert isinstance(info.value.__cause__, ssl.SSLError)
 
 
-@pytest.mark.parametrize("offload_min", [OFFLOAD_MIN, None])
-async def test_tls_large_send_all(certs: TlsCerts, offload_min: int | None) -> None:
+async def test_tls_large_send_all(certs: TlsCerts) -> None:
     payload = pattern(8 * 1024 * 1024, seed=4)
     async with (
-        tls_pair(certs, offload_min=offload_min) as (client, server),
+        tls_pair(certs) as (client, server),
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(server.send_all, payload)
         assert await receive_exactly(client, len(payload), 1024 * 1024) == payload
 
 
-async def test_tls_offloaded_writes_keep_order_with_concurrent_reads(certs: TlsCerts) -> None:
-    """Small writes (in the event loop) and big ones (in a thread) alternate on one stream
-    while the same stream is read from: the bytes arrive in order both ways."""
-    sizes = [10, OFFLOAD_MIN, 5, 3 * OFFLOAD_MIN + 17, 1, OFFLOAD_MIN - 1, 1024 * 1024, 3]
+async def test_tls_big_writes_keep_order_with_concurrent_reads(certs: TlsCerts) -> None:
+    """Small writes and big ones (sent in pieces) alternate on one stream while the same
+    stream is read from: the bytes arrive in order both ways."""
+    chunk = TLS_WRITE_CHUNK
+    sizes = [10, chunk, 5, 3 * chunk + 17, 1, chunk - 1, chunk + 1, 1024 * 1024, 3]
     writes = [pattern(n, seed=i) for i, n in enumerate(sizes)] * 3
     upstream = pattern(2 * 1024 * 1024, seed=99)
     async with tls_pair(certs) as (client, server):
