@@ -19,6 +19,7 @@ from .config import (
     UpstreamConfig,
     UpstreamTls,
 )
+from .malloc import tune_malloc
 from .server import Proxy
 from .session import Tap
 from .transcript import TranscriptWriter
@@ -153,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy = Proxy(config, taps=taps)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    tune_malloc()
     trio.run(_run, proxy)
     return 0
 
