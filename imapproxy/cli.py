@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-sessions", type=int, default=_LIMITS.max_sessions)
     run.add_argument(
+        "--busy-poll-us",
+        type=float,
+        default=_LIMITS.busy_poll * 1e6,
+        help="microseconds the event loop polls instead of sleeping after each send, "
+        "which saves a slow wake-up when the answer comes soon (0: off; default "
+        "%(default).0f)",
+    )
+    run.add_argument(
         "--max-sessions-per-address", type=int, default=_LIMITS.max_sessions_per_address
     )
     run.add_argument(
@@ -124,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         session_limits=SessionLimits(
             max_sessions=args.max_sessions,
             max_sessions_per_address=args.max_sessions_per_address,
+            busy_poll=max(0.0, args.busy_poll_us) / 1e6,
         ),
     )
 

@@ -40,6 +40,7 @@ from typing import Protocol
 
 import trio
 
+from .busypoll import BusyPoll
 from .capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
 from .transport import SocketStream, TlsStream
@@ -113,6 +114,7 @@ class Session:
         server_ssl: ssl.SSLContext | None,
         upstream_ssl: ssl.SSLContext | None,
         taps: Sequence[Tap] = (),
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.id = session_id
         self.client: trio.abc.Stream = stream
@@ -123,6 +125,7 @@ class Session:
         self.server_ssl = server_ssl
         self.upstream_ssl = upstream_ssl
         self.taps = tuple(taps)
+        self.busy_poll = busy_poll
         self.conv = Conversation(config.limits)
         self.stats = SessionStats()
         self.client_tls: str | None = None
@@ -263,12 +266,12 @@ class Session:
         up = self.config.upstream
         host, port = up.endpoint.host, up.endpoint.port
         try:
-            stream = SocketStream.from_trio(await trio.open_tcp_stream(host, port))
+            connected = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise unavailable(
                 "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
             ) from None
-        self.upstream = stream
+        self.upstream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
 
     async def _upstream_greeting(self) -> Frame:
         greeting = await self._read_upstream_frame()

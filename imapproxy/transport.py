@@ -47,6 +47,8 @@ from typing import Any
 
 import trio
 
+from .busypoll import BusyPoll
+
 DEFAULT_RECEIVE_SIZE = 65536
 """``receive_some()`` without a size reads up to this many bytes."""
 
@@ -75,22 +77,26 @@ size of a 1 MiB write before it is copied out again."""
 class SocketStream(trio.abc.Stream):
     """A connected TCP socket as a lean :class:`trio.abc.Stream` (see the module doc)."""
 
-    __slots__ = ("_closed", "_receiving", "_sending", "_wait_first", "socket")
+    __slots__ = ("_closed", "_receiving", "_sending", "_wait_first", "busy_poll", "socket")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, busy_poll: BusyPoll | None = None) -> None:
         sock.setblocking(False)
         self.socket = sock
+        self.busy_poll = busy_poll  # told after each send (see imapproxy.busypoll)
         self._wait_first = True  # a fresh connection: the peer speaks when it is ready
         self._closed = False
         self._receiving = False
         self._sending = False
 
     @classmethod
-    def from_trio(cls, stream: trio.SocketStream) -> SocketStream:
+    def from_trio(
+        cls, stream: trio.SocketStream, *, busy_poll: BusyPoll | None = None
+    ) -> SocketStream:
         """Take over the socket of a ``trio.SocketStream`` (which must not be used after)."""
         trio_sock = stream.socket
         fd = trio_sock.detach()
-        return cls(socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto, fileno=fd))
+        sock = socket.socket(trio_sock.family, trio_sock.type, trio_sock.proto, fileno=fd)
+        return cls(sock, busy_poll=busy_poll)
 
     # ------------------------------------------------------------ receive
 
@@ -149,6 +155,8 @@ class SocketStream(trio.abc.Stream):
                 await self._send_rest(data, sent)
         finally:
             self._sending = False
+        if self.busy_poll is not None:
+            self.busy_poll.expect()
 
     async def _send_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
         sock = self.socket
