@@ -124,8 +124,8 @@ class Session:
         self.config = config
         self.server_ssl = server_ssl
         self.upstream_ssl = upstream_ssl
-        self.taps = tuple(taps)
         self.busy_poll = busy_poll
+        self.taps = tuple(taps)
         self.conv = Conversation(config.limits)
         self.stats = SessionStats()
         self.client_tls: str | None = None
