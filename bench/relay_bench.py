@@ -82,7 +82,8 @@ from relay_targets import (  # noqa: E402
 from tests.support.certs import client_ssl_context, make_tls_certs  # noqa: E402
 from tests.support.dovecot import dovecot_version  # noqa: E402
 
-ALL_TARGETS = ("direct", "haproxy", "proxy")
+ALL_TARGETS = ("direct", "haproxy", "proxy", "base")
+DEFAULT_TARGETS = ("direct", "haproxy", "proxy")
 ALL_MEASUREMENTS = ("a", "b", "c", "d", "e", "f")
 MIB = 1024 * 1024
 
@@ -261,6 +262,16 @@ class Bench:
                 target = DirectTarget(self.dovecot)
             elif name == "haproxy":
                 target = HaproxyTarget(self.dovecot, self.workdir, self.args.haproxy_threads)
+            elif name == "base":
+                # the same proxy command from another checkout, for A/B runs in one window
+                target = ProxyTarget(
+                    self.dovecot,
+                    self.workdir,
+                    self.args.proxy_arg,
+                    max_sessions=max_sessions,
+                    name="base",
+                    root=Path(self.args.base_root).resolve(),
+                )
             else:
                 target = ProxyTarget(
                     self.dovecot, self.workdir, self.args.proxy_arg, max_sessions=max_sessions
@@ -936,8 +947,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help="comma-separated subset of direct,haproxy,proxy",
+        default=",".join(DEFAULT_TARGETS),
+        help="comma-separated subset of direct,haproxy,proxy,base (base: --base-root)",
+    )
+    ap.add_argument(
+        "--base-root",
+        default=None,
+        help="checkout that the 'base' target runs imapproxy from (an A/B baseline, "
+        "e.g. a git worktree of an older commit)",
     )
     ap.add_argument(
         "--only",
@@ -984,6 +1001,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = set(args.targets) - set(ALL_TARGETS)
     if bad:
         ap.error(f"unknown targets {sorted(bad)}")
+    if "base" in args.targets and not args.base_root:
+        ap.error("target 'base' needs --base-root")
     only = {m.strip() for m in args.only.split(",") if m.strip()}
     if only - set(ALL_MEASUREMENTS):
         ap.error(f"unknown measurements {sorted(only - set(ALL_MEASUREMENTS))}")
@@ -1028,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
         if t.name in bench.unavailable:
             continue
         bits = [str(t.info.get(k)) for k in ("version", "nbthread", "cipher") if k in t.info]
-        if t.name == "proxy":
+        if t.name in ("proxy", "base"):
             bits.append(str(t.info.get("command", "")).split(" -m ", 1)[-1])
         print(f"  {t.name}: " + ", ".join(bits))
     print()

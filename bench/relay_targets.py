@@ -350,8 +350,11 @@ class ProxyTarget(Target):
         extra_args: list[str] | None = None,
         startup_timeout: float = 20.0,
         max_sessions: int = 5000,
+        name: str = "proxy",
+        root: Path = REPO_ROOT,
     ) -> None:
-        super().__init__(name="proxy", tls=True)
+        super().__init__(name=name, tls=True)
+        self.root = root  # the checkout whose imapproxy runs (the cwd of `python -m`)
         self.dovecot = dovecot
         self.workdir = workdir
         self.extra_args = extra_args or []
@@ -373,7 +376,7 @@ class ProxyTarget(Target):
             try:
                 helptext = subprocess.run(
                     [sys.executable, "-m", "imapproxy", "run", "--help"],
-                    cwd=REPO_ROOT,
+                    cwd=self.root,
                     capture_output=True,
                     text=True,
                     timeout=30,
@@ -411,12 +414,12 @@ class ProxyTarget(Target):
         self.port = free_port()
         cmd = self.command()
         self.starts += 1
-        self.log = self.workdir / f"proxy-{self.starts}.log"
+        self.log = self.workdir / f"{self.name}-{self.starts}.log"
         with self.log.open("ab") as out:
             # stderr goes to a file, never a pipe: a chatty proxy must not block on it.
             self.proc = subprocess.Popen(
                 cmd,
-                cwd=REPO_ROOT,
+                cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

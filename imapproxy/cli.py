@@ -19,6 +19,7 @@ from .config import (
     UpstreamConfig,
     UpstreamTls,
 )
+from .malloc import tune_malloc
 from .server import Proxy
 from .session import Tap
 from .transcript import TranscriptWriter
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse LOGIN/AUTHENTICATE on plaintext client connections (LOGINDISABLED)",
     )
     run.add_argument("--max-sessions", type=int, default=_LIMITS.max_sessions)
+    run.add_argument(
+        "--busy-poll-us",
+        type=float,
+        default=_LIMITS.busy_poll * 1e6,
+        help="microseconds the event loop polls instead of sleeping after each send, "
+        "which saves a slow wake-up when the answer comes soon (0: off; default "
+        "%(default).0f)",
+    )
     run.add_argument(
         "--max-sessions-per-address", type=int, default=_LIMITS.max_sessions_per_address
     )
@@ -135,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         session_limits=SessionLimits(
             max_sessions=args.max_sessions,
             max_sessions_per_address=args.max_sessions_per_address,
+            busy_poll=max(0.0, args.busy_poll_us) / 1e6,
         ),
     )
 
@@ -165,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy = Proxy(config, taps=taps)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    tune_malloc()
     trio.run(_run, proxy)
     return 0
 

@@ -18,9 +18,11 @@ from collections.abc import Sequence
 
 import trio
 
+from .busypoll import BusyPoll
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
 from .session import Session, Tap
 from .tls import server_context, upstream_context
+from .transport import SocketStream
 
 log = logging.getLogger("imapproxy.server")
 
@@ -36,6 +38,8 @@ class Proxy:
         )
         up = config.upstream
         self.upstream_ssl = upstream_context(up) if up.tls is not UpstreamTls.NONE else None
+        window = config.session_limits.busy_poll
+        self.busy_poll = BusyPoll(window) if window > 0 else None
         self.sessions: set[Session] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self._ids = itertools.count(1)
@@ -69,6 +73,18 @@ class Proxy:
                     if self.server_ssl
                     else "plain",
                 )
+        async with trio.open_nursery() as poller:
+            if self.busy_poll is not None:
+                poller.start_soon(self.busy_poll.run)
+            await self._serve(listeners, task_status)
+            poller.cancel_scope.cancel()
+        log.info("shut down")
+
+    async def _serve(
+        self,
+        listeners: list[tuple[ListenerConfig, trio.SocketListener]],
+        task_status: trio.TaskStatus[list[tuple[str, int]]],
+    ) -> None:
         async with trio.open_nursery() as handlers:
             with trio.CancelScope() as accept_scope:
                 self._accept_scope = accept_scope
@@ -91,7 +107,6 @@ class Proxy:
                     await self._session_ended.wait()
             for session in list(self.sessions):
                 session.shutdown()
-        log.info("shut down")
 
     async def _accept_loop(
         self, lc: ListenerConfig, listener: trio.SocketListener, handlers: trio.Nursery
@@ -126,13 +141,14 @@ class Proxy:
             return
         session = Session(
             session_id=sid,
-            stream=stream,
+            stream=SocketStream.from_trio(stream, busy_poll=self.busy_poll),
             peer=peer,
             listener=lc,
             config=self.config,
             server_ssl=self.server_ssl,
             upstream_ssl=self.upstream_ssl,
             taps=self.taps,
+            busy_poll=self.busy_poll,
         )
         self.sessions.add(session)
         self._per_address[address] += 1

@@ -50,8 +50,10 @@ from typing import Protocol
 
 import trio
 
+from .busypoll import BusyPoll
 from .capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
+from .transport import SocketStream, TlsStream
 from .wire import (
     NEED_DATA,
     PAUSED,
@@ -123,6 +125,7 @@ class Session:
         server_ssl: ssl.SSLContext | None,
         upstream_ssl: ssl.SSLContext | None,
         taps: Sequence[Tap] = (),
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.id = session_id
         self.client: trio.abc.Stream = stream
@@ -132,6 +135,7 @@ class Session:
         self.config = config
         self.server_ssl = server_ssl
         self.upstream_ssl = upstream_ssl
+        self.busy_poll = busy_poll
         self.taps = tuple(taps)
         self.conv = Conversation(config.limits, nonsync_as_sync=True)
         self.stats = SessionStats()
@@ -266,7 +270,7 @@ class Session:
 
     async def _start_client_tls(self) -> None:
         assert self.server_ssl is not None
-        tls = trio.SSLStream(self.client, self.server_ssl, server_side=True)
+        tls = TlsStream(self.client, self.server_ssl, server_side=True)
         self.client = tls
         try:
             with trio.fail_after(self.config.timeouts.tls_handshake):
@@ -282,12 +286,12 @@ class Session:
         up = self.config.upstream
         host, port = up.endpoint.host, up.endpoint.port
         try:
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            connected = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise unavailable(
                 "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
             ) from None
-        self.upstream = stream
+        self.upstream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
 
     async def _upstream_greeting(self) -> Frame:
         greeting = await self._read_upstream_frame()
@@ -301,7 +305,7 @@ class Session:
     async def _upstream_tls(self) -> None:
         up = self.config.upstream
         assert self.upstream is not None and self.upstream_ssl is not None
-        tls = trio.SSLStream(
+        tls = TlsStream(
             self.upstream,
             self.upstream_ssl,
             server_hostname=up.server_hostname or up.endpoint.host,
