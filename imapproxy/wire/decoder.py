@@ -84,6 +84,23 @@ _RESPONSE_HEAD = re.compile(
 # before int() sees it.
 _LITERAL_TAIL = re.compile(rb"(~?)\{(\d+)(\+?)\}\Z")
 _STATUS_NAMES = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
+# The upper-case form of the names a session uses over and over, as commonly spelt (a
+# fixed table: the per-frame decode + upper() was a measurable part of pipelined relaying,
+# and a per-connection cache would cost memory in every idle session).  Other names and
+# spellings are converted when seen.
+_COMMON_NAMES = (
+    "APPEND", "AUTHENTICATE", "CAPABILITY", "CHECK", "CLOSE", "COMPRESS", "COPY", "CREATE",
+    "DELETE", "ENABLE", "EXAMINE", "EXPUNGE", "FETCH", "GETQUOTA", "GETQUOTAROOT", "ID", "IDLE",
+    "LIST", "LOGIN", "LOGOUT", "LSUB", "MOVE", "NAMESPACE", "NOOP", "RENAME", "SEARCH",
+    "SELECT", "SETQUOTA", "STARTTLS", "STATUS", "STORE", "SUBSCRIBE", "UID", "UNSELECT",
+    "UNSUBSCRIBE", "XLIST", "OK", "NO", "BAD", "BYE", "PREAUTH", "ENABLED", "ESEARCH", "EXISTS",
+    "FLAGS", "RECENT", "VANISHED", "QUOTA", "QUOTAROOT",
+)  # fmt: skip
+_KNOWN_NAMES = {
+    spelt.encode(): name
+    for name in _COMMON_NAMES
+    for spelt in (name, name.lower(), name.capitalize())
+}
 _COMPLETION_NAMES = frozenset({"OK", "NO", "BAD"})
 _SENSITIVE_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
 # Compaction threshold: consumed bytes are dropped from the buffer once this many pile up.
@@ -168,17 +185,6 @@ class Decoder:
         self._hold_streamed = False
         self._hold_size = 0
         self._greeting_pending = side is Side.SERVER
-        # command/response names as received -> upper case (match groups are always bytes,
-        # even from a bytearray buffer)
-        self._names: dict[bytes, str] = {}
-
-    def _name_of(self, raw: bytes) -> str:
-        """A name's canonical (upper-case) form; remembered, since a connection uses few
-        names over and over (bounded: a peer may send any number of made-up ones)."""
-        name = raw.decode("ascii", "replace").upper()
-        if len(self._names) < 64:
-            self._names[raw] = name
-        return name
 
     # ------------------------------------------------------------------ input
 
@@ -468,9 +474,9 @@ class Decoder:
                 return
             tag, raw_name = m.groups()
             self._tag = tag
-            name = self._names.get(raw_name)
+            name = _KNOWN_NAMES.get(raw_name)
             if name is None:
-                name = self._name_of(raw_name)
+                name = raw_name.decode("ascii", "replace").upper()
             if name == "UID":
                 m2 = _UID_NEXT.match(buf, m.end(), end)
                 if m2 is not None:
@@ -492,9 +498,9 @@ class Decoder:
             self._greeting_pending = False
             return
         tag, number, raw_name = m.groups()
-        name = self._names.get(raw_name)
+        name = _KNOWN_NAMES.get(raw_name)
         if name is None:
-            name = self._name_of(raw_name)
+            name = raw_name.decode("ascii", "replace").upper()
         self._name = name
         if tag == b"*":
             self._tag = None
