@@ -592,6 +592,24 @@ class Session:
                         self._wake_client()
                         if conv.continued is Hold.NONSYNC_LITERAL:
                             continue  # answers the {n} we sent for the client's {n+}
+                        if conv.continued is None and conv.client.exchange not in (
+                            Hold.AUTHENTICATE,
+                            Hold.IDLE,
+                        ):
+                            # A "+" nothing asked for: the server reads the client's
+                            # bytes differently from the proxy.  Relaying on could let
+                            # them run as commands the proxy never saw.
+                            await flush()
+                            log.warning(
+                                "session %s: upstream sent a continuation request that "
+                                "no command asked for",
+                                self.id,
+                            )
+                            raise SessionEnd(
+                                "upstream_desync",
+                                "unexpected continuation request from upstream",
+                                b"* BYE [UNAVAILABLE] proxy and server out of step\r\n",
+                            )
                     elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
                         raw = self._mediated(ev)
                     if self.taps:
@@ -722,6 +740,11 @@ class Session:
         """
         if frame.first and not frame.name:
             return "malformed command"
+        if frame.first and self.conv.tag_in_use:
+            # Answers are matched to commands by tag: a second command with the tag of
+            # one in progress would let the first one's answer settle the second one's
+            # literal, and the proxy and the server would read the stream differently.
+            return "tag already in use by a command in progress"
         return None
 
     def _as_sync(self, frame: Frame) -> Frame:
@@ -747,8 +770,8 @@ class Session:
         """Answer a command with BAD without forwarding any of it; its literal (which the
         client sends anyway) is consumed here, as the client meant it."""
         tag = frame.tag if frame.tag is not None and frame.name else b"*"
-        if frame.tag is not None:
-            self.conv.pending.pop(frame.tag, None)
+        if frame.tag is not None and not self.conv.tag_in_use:
+            self.conv.pending.pop(frame.tag, None)  # (else it is the earlier command's)
         waits = frame.waits_for_continuation
         self.conv.client.refused()
         if not frame.final and not waits:
@@ -824,6 +847,8 @@ class Session:
             return
         data: bytes | None = None
         if frame.kind is FrameKind.COMMAND and frame.name == "AUTHENTICATE":
+            if not frame.first:
+                return  # a literal part (servers refuse those): never read as SASL
             parts = frame.raw.split()
             self._auth_mechanism = parts[2].upper() if len(parts) >= 3 else b""
             self._auth_step = 0  # the client's SASL messages, the initial response first

@@ -65,6 +65,11 @@ class Conversation:
         # nonsync_as_sync, a "+" that released Hold.NONSYNC_LITERAL answers the relay's own
         # {n}: the client never asked for it, so the relay must not pass it on.
         self.continued: Hold | None = None
+        # The last command started reuses the tag of one still in progress.  It is not
+        # tracked (the first keeps the tag): answers are matched to commands by tag, so
+        # the driver must refuse it rather than forward it (RFC 9051 §2.2.1: tags are
+        # unique among commands in progress; a server need not check).
+        self.tag_in_use = False
 
     # ------------------------------------------------------------- client side
 
@@ -84,9 +89,14 @@ class Conversation:
 
     def _command_started(self, frame: Frame) -> None:
         tag = frame.tag
+        self.tag_in_use = False
         if tag is None:
             return
-        if len(self.pending) >= self.limits.max_pending_commands and tag not in self.pending:
+        if tag in self.pending:
+            self.tag_in_use = True
+            self._assembling = None
+            return
+        if len(self.pending) >= self.limits.max_pending_commands:
             raise LimitExceeded(
                 "too many commands pending",
                 side=Side.CLIENT,

@@ -239,6 +239,12 @@ class Decoder:
         return self._hold if self._mode is _Mode.HOLD or self._mode is _Mode.TLS else None
 
     @property
+    def exchange(self) -> Hold | None:
+        """The exchange in progress (a literal, AUTHENTICATE, IDLE ...), also while not
+        paused: e.g. reading a SASL line the server asked for, or IDLE's DONE."""
+        return self._hold
+
+    @property
     def idling(self) -> bool:
         """Inside IDLE: waiting for the server's "+" or for the client's DONE."""
         return self._hold is Hold.IDLE

@@ -33,6 +33,7 @@ from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import (
     Close,
     Expect,
+    FakeConnection,
     ImapClient,
     Relay,
     Reset,
@@ -325,6 +326,55 @@ async def test_upstream_garbage_instead_of_greeting(
 
 
 # --------------------------------------------------------------------------- mid-session
+
+
+async def test_upstream_continuation_nothing_asked_for_ends_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A "+" that no literal, AUTHENTICATE or IDLE asked for means the server reads the
+    client's bytes differently from the proxy (e.g. it took a command for a literal's
+    announcement): relaying on could let the client's next bytes run unseen.  The proxy
+    does not pass it on; it ends the session."""
+    script: Script = [*LOGGED_IN, Expect("NOOP", reply=b"+ send me more\r\n"), Stall()]
+    with trio.fail_after(LIMIT):
+        async with (
+            fake_server(script) as fake,
+            running_proxy(make_config(fake.port)) as (_, addrs),
+        ):
+            client = await logged_in_client(*addrs[0])
+            await client.send(b"n1 NOOP\r\n")
+            rest = await expect_unavailable_and_close(client)
+            sid, end = await session_end(caplog, client)
+    assert rest == b"* BYE [UNAVAILABLE] proxy and server out of step\r\n"
+    assert "reason=upstream_desync" in end and sid in end
+
+
+async def done_then_ok(conn: FakeConnection) -> None:
+    assert await conn.read_line() == b"DONE\r\n"
+    await conn.send(b"i1 OK IDLE done\r\n")
+
+
+async def test_upstream_continuations_during_idle_are_relayed() -> None:
+    """Inside IDLE a server may send more "+" lines (keep-alives): relayed, not a desync."""
+    script: Script = [
+        *LOGGED_IN,
+        Expect("IDLE", reply=b"+ idling\r\n+ still here\r\n"),
+        done_then_ok,
+        Respond(),
+    ]
+    with trio.fail_after(LIMIT):
+        async with (
+            fake_server(script) as fake,
+            running_proxy(make_config(fake.port)) as (_, addrs),
+        ):
+            client = await logged_in_client(*addrs[0])
+            await client.send(b"i1 IDLE\r\n")
+            assert await client.read_response() == b"+ idling\r\n"
+            assert await client.read_response() == b"+ still here\r\n"
+            await client.send(b"DONE\r\n")
+            assert status_of((await client.read_until_tagged(b"i1"))[-1]) == b"OK"
+            assert status_of((await client.command(b"n", b"NOOP"))[-1]) == b"OK"
+    assert not fake.errors()
 
 
 @pytest.mark.parametrize("how", [Close(), Reset()], ids=["fin", "rst"])

@@ -10,6 +10,7 @@ sent regardless.  Malformed command heads are refused by the proxy itself.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -194,3 +195,61 @@ def test_starttls_with_a_literal_is_refused(proxy_port: int) -> None:
     assert b"s BAD [CLIENTBUG]" in _read(sock, b"s BAD")
     sock.sendall(b"n NOOP\r\n")
     assert b"n OK" in _read(sock, b"n OK")
+
+
+@pytest.mark.parametrize("plus", [b"+", b""], ids=["nonsync", "sync"])
+def test_a_reused_tag_is_refused_so_answers_cannot_be_mismatched(
+    dovecot: DovecotServer, user: str, tmp_path: Path, plus: bytes
+) -> None:
+    """Answers are matched to commands by tag.  A second command with the tag of one in
+    progress (Dovecot accepts that) would let the first one's tagged answer settle the
+    second one's literal: the proxy would discard or pass on bytes that Dovecot reads
+    otherwise, and bytes the proxy took for a literal ran as a command (a review found
+    ``b CREATE`` below run that way).  Now the proxy refuses the second command, and
+    every command Dovecot runs is one the proxy read as a command (its transcript).  All
+    in one write, so the first command is surely still in progress."""
+    inner = b"\r\nb CREATE visible\r\n".ljust(40, b" ")
+    second = b"b1 NOOP {40%s}\r\n" % plus
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{dovecot.port}"]
+    with ProxyProcess(
+        [*args, "--transcript"], workdir=tmp_path, wait_ports=[("127.0.0.1", port)]
+    ) as proxy:
+        sock = _session(port, user, "pw")
+        sock.sendall(
+            b"a1 NOOP\r\n"
+            + b"a1 APPEND INBOX {%d%s}\r\n" % (len(second), plus)
+            + second
+            + inner
+            + b"\r\nn NOOP\r\n"
+        )
+        answer = _read(sock, b"n OK")
+        sock.sendall(b"z LOGOUT\r\n")
+        _read(sock, b"z OK")
+        sock.close()
+    lines = _lines(answer)
+    assert b"a1 BAD [CLIENTBUG] tag already in use by a command in progress" in lines, answer
+    assert not [ln for ln in lines if ln.startswith(b"+")], answer  # sent early: no "+"
+    assert b"n OK" in answer
+    transcript = proxy.transcript_path.read_text()
+    ran = [ln.split(b" ", 1)[0] for ln in lines if re.match(rb"[a-z0-9]+ (OK|NO|BAD) ", ln)]
+    for tag in ran:  # each command Dovecot answered was one the proxy forwarded
+        assert re.search(rf" C: {tag.decode()} ", transcript), (tag, transcript)
+    if b"b" in ran:
+        assert " C: b CREATE visible" in transcript
+
+
+def test_a_reused_tag_cannot_fake_the_logged_in_user(
+    proxy_port: int, dovecot: DovecotServer
+) -> None:
+    """The second LOGIN with the same tag never reaches Dovecot, so the user the proxy
+    records is the one Dovecot logged in."""
+    dovecot.add_user("tagreal", "pw")
+    sock = socket.create_connection(("127.0.0.1", proxy_port))
+    _read(sock, b"\r\n")
+    sock.sendall(b"a1 LOGIN tagreal pw\r\na1 LOGIN someoneelse x\r\nn NOOP\r\n")
+    answer = _read(sock, b"n OK")
+    lines = _lines(answer)
+    assert b"a1 BAD [CLIENTBUG] tag already in use by a command in progress" in lines, answer
+    assert [ln for ln in lines if ln.startswith(b"a1 OK")], answer
+    assert b"n OK" in answer

@@ -226,3 +226,25 @@ def test_conversation_says_which_hold_a_continuation_released() -> None:
     conv.receive_server(b"+ stray\r\n")
     conv.next_server_event()
     assert conv.continued is None
+
+
+def test_a_reused_tag_is_flagged_and_the_first_command_keeps_it() -> None:
+    """A command reusing the tag of one in progress is not tracked (the relay refuses
+    it): the first command's answer must not settle, or be taken for, the second."""
+    conv = Conversation(Limits(), nonsync_as_sync=True)
+    conv.receive_server(b"* OK hi\r\n")
+    conv.next_server_event()
+    conv.receive_client(b"a1 NOOP\r\na1 LOGIN user {2+}\r\npw\r\nb1 NOOP\r\n")
+    first = conv.next_client_event()
+    assert type(first) is Frame and first.name == "NOOP" and not conv.tag_in_use
+    second = conv.next_client_event()
+    assert type(second) is Frame and second.name == "LOGIN" and conv.tag_in_use
+    assert conv.pending[b"a1"].name == "NOOP"  # not overwritten
+    assert conv.next_client_event() is PAUSED
+    conv.client.refused()  # what the relay does with it
+    third = conv.next_client_event()
+    assert type(third) is Frame and third.name == "NOOP" and third.tag == b"b1"
+    assert not conv.tag_in_use
+    conv.receive_server(b"a1 NO [AUTHENTICATIONFAILED] whatever\r\n")
+    conv.next_server_event()
+    assert conv.phase.name == "NOT_AUTHENTICATED"  # the NOOP's answer, not a login
