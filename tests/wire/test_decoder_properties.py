@@ -527,7 +527,11 @@ class Harness:
         else:
             assert event.literal is not None
             self.open_part = event
-            if event.streamed and not event.literal.sync:
+            if (
+                event.streamed
+                and not event.literal.sync
+                and self.decoder.waiting_for is not Hold.NONSYNC_LITERAL
+            ):  # (held {n+}: its chunks come after the "+", like a sync literal's)
                 self.stream_left = event.literal.size
         self.out += event.raw
 
@@ -850,3 +854,20 @@ def test_fuzz_script_iterations_mode_is_deterministic(capsys: pytest.CaptureFixt
     assert first.iterations == second.iterations == 30
     assert first.digest == second.digest
     assert [f.seed for f in first.failures] == [f.seed for f in second.failures]
+
+
+def test_refused_streamed_nonsync_literal_then_next_command() -> None:
+    """The discard path end to end, deterministically: a refused {300+} (streamed), its
+    bytes, then the next command, which is the only thing given out."""
+    h = harness_in("client-converting-refused")
+    h.feed(b"x" * 300 + b"\r\na NOOP\r\n")
+    h.check_exact()
+    assert [e.raw for e in h.events if isinstance(e, Frame)][-1] == b"a NOOP\r\n"
+    assert h.decoder.discarded_bytes == 302
+
+
+def test_accepted_streamed_nonsync_literal_then_next_command() -> None:
+    h = harness_in("client-converting-streamed")
+    h.feed(b"y" * 300 + b"\r\nb NOOP\r\n")
+    h.check_exact()
+    assert bytes(h.out).endswith(b"y" * 300 + b"\r\nb NOOP\r\n")
