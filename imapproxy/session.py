@@ -592,10 +592,7 @@ class Session:
                         self._wake_client()
                         if conv.continued is Hold.NONSYNC_LITERAL:
                             continue  # answers the {n} we sent for the client's {n+}
-                        if conv.continued is None and conv.client.exchange not in (
-                            Hold.AUTHENTICATE,
-                            Hold.IDLE,
-                        ):
+                        if conv.stray_continuation:
                             # A "+" nothing asked for: the server reads the client's
                             # bytes differently from the proxy.  Relaying on could let
                             # them run as commands the proxy never saw.

@@ -255,12 +255,12 @@ class TlsStream(trio.abc.Stream):
                 try:
                     self._ssl.do_handshake()
                 except ssl.SSLWantReadError:
-                    await self._flush()
+                    await self._flush_pending()
                     await self._refill(TLS_REFILL_SIZE)
                     continue
                 except ssl.SSLError as exc:
                     raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
-                await self._flush()  # the last flight (and TLS 1.3 session tickets)
+                await self._flush_pending()  # the last flight (and TLS 1.3 session tickets)
                 return
         finally:
             self._receiving = self._sending = False
@@ -356,10 +356,6 @@ class TlsStream(trio.abc.Stream):
     async def _flush_pending(self) -> None:
         """Send what the SSLObject produced outside ``send_all`` (handshake, KeyUpdate)."""
         while self._outgoing.pending:
-            await self.transport_stream.send_all(self._outgoing.read())
-
-    async def _flush(self) -> None:
-        if self._outgoing.pending:
             await self.transport_stream.send_all(self._outgoing.read())
 
     async def wait_send_all_might_not_block(self) -> None:

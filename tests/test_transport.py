@@ -266,44 +266,38 @@ async def test_tls_close_notify_is_eof(certs: TlsCerts) -> None:
         assert await server.receive_some(100) == b""
 
 
+async def failed_handshake(
+    certs: TlsCerts, ca_path: Path, server_hostname: str
+) -> ssl.SSLCertVerificationError:
+    """A client handshake that must fail verification: the SSL error behind it."""
+    async with socket_pair() as (a, b):
+        client = TlsStream(a, client_ssl_context(ca_path), server_hostname=server_hostname)
+        server = TlsStream(
+            b, server_context(str(certs.cert_path), str(certs.key_path)), server_side=True
+        )
+        errors: list[BaseException] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(failing, server.do_handshake, errors)
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await client.do_handshake()
+            nursery.cancel_scope.cancel()
+    cause = info.value.__cause__
+    assert isinstance(cause, ssl.SSLCertVerificationError)
+    return cause
+
+
 async def test_tls_verify_failure_has_the_ssl_error_as_cause(
     certs: TlsCerts, tmp_path: Path
 ) -> None:
     other_ca = trustme.CA()
     other_ca.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
-    async with socket_pair() as (a, b):
-        client = TlsStream(
-            a, client_ssl_context(tmp_path / "other-ca.pem"), server_hostname="localhost"
-        )
-        server = TlsStream(
-            b, server_context(str(certs.cert_path), str(certs.key_path)), server_side=True
-        )
-        errors: list[BaseException] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(failing, server.do_handshake, errors)
-            with pytest.raises(trio.BrokenResourceError) as info:
-                await client.do_handshake()
-            nursery.cancel_scope.cancel()
-        cause = info.value.__cause__
-        assert isinstance(cause, ssl.SSLCertVerificationError)
-        assert cause.verify_message
+    cause = await failed_handshake(certs, tmp_path / "other-ca.pem", "localhost")
+    assert cause.verify_message
 
 
 async def test_tls_hostname_mismatch_fails(certs: TlsCerts) -> None:
-    async with socket_pair() as (a, b):
-        client = TlsStream(a, client_ssl_context(certs.ca_path), server_hostname="imap.example.org")
-        server = TlsStream(
-            b, server_context(str(certs.cert_path), str(certs.key_path)), server_side=True
-        )
-        errors: list[BaseException] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(failing, server.do_handshake, errors)
-            with pytest.raises(trio.BrokenResourceError) as info:
-                await client.do_handshake()
-            nursery.cancel_scope.cancel()
-        cause = info.value.__cause__
-        assert isinstance(cause, ssl.SSLCertVerificationError)
-        assert "Hostname mismatch" in (cause.verify_message or "")
+    cause = await failed_handshake(certs, certs.ca_path, "imap.example.org")
+    assert "Hostname mismatch" in (cause.verify_message or "")
 
 
 async def test_tls_handshake_with_vanishing_peer_breaks(certs: TlsCerts) -> None:

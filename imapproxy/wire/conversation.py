@@ -65,6 +65,10 @@ class Conversation:
         # nonsync_as_sync, a "+" that released Hold.NONSYNC_LITERAL answers the relay's own
         # {n}: the client never asked for it, so the relay must not pass it on.
         self.continued: Hold | None = None
+        # The last "+" was asked for by nothing: no literal or exchange waited for it, and
+        # none is in progress (IDLE keep-alives and SASL steps are not stray).  Then the
+        # server reads the client's bytes differently from this conversation.
+        self.stray_continuation = False
         # The last command started reuses the tag of one still in progress.  It is not
         # tracked (the first keeps the tag): answers are matched to commands by tag, so
         # the driver must refuse it rather than forward it (RFC 9051 §2.2.1: tags are
@@ -148,6 +152,10 @@ class Conversation:
         if kind is FrameKind.CONTINUATION:
             hold = self.client.waiting_for
             self.continued = hold if self.client.continuation() else None
+            self.stray_continuation = self.continued is None and self.client.exchange not in (
+                Hold.AUTHENTICATE,
+                Hold.IDLE,
+            )
             return
         if kind is FrameKind.GREETING:
             self.greeted = True
