@@ -33,7 +33,7 @@ fi
 stamp="$venv_dir/.imapproxy-installed"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VENV_PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV_PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+  "$VENV_PY" -m pip install -qq --disable-pip-version-check --upgrade pip
+  "$VENV_PY" -m pip install -qq --disable-pip-version-check -e '.[test]'
   echo "$want" >"$stamp"
 fi
