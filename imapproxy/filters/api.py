@@ -1,0 +1,297 @@
+"""The public filter API: what a filter sees, the hooks it has, and the verdicts it returns.
+
+A filter is an object with up to five hooks, made once per session by a factory, so
+per-session state needs no locks (anything process-wide is shared explicitly, through the
+factory).  Hooks are plain functions and do no I/O:
+
+* ``session_started(session)``: the connection is set up (TLS details known);
+* ``authenticated(session)``: the server accepted a login (``session.user`` is set);
+* ``command(cmd, session) -> Verdict``: a client command, before any byte of it reaches
+  the server;
+* ``response(resp, session) -> Verdict``: a server response, before it reaches the client;
+  a tagged completion carries the command it completes and its latency;
+* ``session_ended(session, end)``: the session is over (reason, bytes, duration).
+
+Commands pass the chain in its configured order and responses in the reverse order, so a
+filter that renames something on the way in sees its own names on the way back.
+
+Verdicts are values, never exceptions: :data:`PASS`; :class:`Replace` the message;
+:class:`Reject` a command with a tagged NO/BAD made here (the command never reaches the
+server); :class:`Answer` a command locally (untagged lines plus the tagged completion);
+:class:`Drop` an untagged response; :class:`Disconnect` (a ``* BYE`` and close).
+
+Nothing here knows about sockets, Trio or clocks: the relay builds the views and acts on
+the verdicts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from ..wire.events import FrameKind
+from ..wire.tokens import Token
+
+# ----------------------------------------------------------------------------- views
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """The client leg's TLS, once it is up (implicit TLS or after STARTTLS)."""
+
+    version: str
+    cipher: str | None = None
+    sni: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What is known of a session when it starts; fixed for its life."""
+
+    id: str
+    client_host: str
+    client_port: int
+    listener: str  # the listener's name, e.g. "imap@127.0.0.1:1143"
+
+
+class Phase(enum.Enum):
+    """RFC 9051 §3 states, as the relay has seen the server confirm them."""
+
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+@dataclass(slots=True)
+class SessionView:
+    """A session as filters see it.  The relay keeps it up to date; filters read it.
+
+    ``user`` is the name the client logged in with, set once the server said OK;
+    ``upstream_user`` is the name the server saw when a filter mapped it.  ``scratch`` is
+    per-session state shared by the filters of one chain (keyed by filter name, by
+    convention).
+    """
+
+    info: SessionInfo
+    tls: TlsInfo | None = None
+    phase: Phase = Phase.NOT_AUTHENTICATED
+    user: str | None = None
+    upstream_user: str | None = None
+    mechanism: str | None = None  # "LOGIN" for the LOGIN command, else the SASL mechanism
+    selected: str | None = None  # the selected mailbox, decoded
+    capabilities: frozenset[str] | None = None  # the server's, upper-case
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralInfo:
+    """A literal of a command or response: its size and how it was announced.  ``inline``
+    literals are in the message's ``raw`` bytes and parsed arguments; the others stream
+    after the decision, in bounded memory, and are never held."""
+
+    size: int
+    binary: bool = False
+    nonsync: bool = False
+    inline: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CommandView:
+    """A client command, parsed.
+
+    ``name`` is upper-case without a ``UID`` prefix (``uid`` says whether there was one;
+    :attr:`full_name` gives ``"UID FETCH"``).  ``args`` are the wire parser's tokens
+    (credentials wrapped in :class:`~imapproxy.wire.secret.Secret`); a literal too large
+    to hold is a :class:`~imapproxy.wire.tokens.LiteralRef` and ``complete`` is False: the
+    decision is taken on what precedes it (APPEND's mailbox, flags and size) and the
+    literal streams only after it passed.  ``raw`` is the command as the client sent it,
+    up to that point.  ``parse_error`` is set when the arguments could not be parsed (the
+    head is still known; such a command usually gets a BAD from the server).
+    """
+
+    tag: bytes
+    name: str
+    uid: bool
+    args: tuple[Token, ...]
+    raw: bytes
+    literals: tuple[LiteralInfo, ...] = ()
+    complete: bool = True
+    parse_error: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        return "UID " + self.name if self.uid else self.name
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole command, streamed literals included."""
+        return len(self.raw) + sum(lit.size for lit in self.literals if not lit.inline)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseView:
+    """A server response.
+
+    ``kind`` is GREETING, STATUS (tagged or untagged OK/NO/BAD/BYE/PREAUTH), DATA
+    (untagged data) or CONTINUATION.  For a tagged completion, ``command`` is the command
+    it completes and ``latency`` the seconds since that command went upstream.
+    ``oversize`` is True for a response too long to parse (its head, tag, name and size
+    are known; it is relayed verbatim and cannot be replaced).
+    """
+
+    kind: FrameKind
+    tag: bytes | None
+    name: str
+    raw: bytes
+    number: int | None = None
+    command: CommandView | None = None
+    latency: float | None = None
+    literals: tuple[LiteralInfo, ...] = ()
+    oversize: bool = False
+
+    @property
+    def status(self) -> str | None:
+        """OK/NO/BAD/BYE/PREAUTH for status responses and greetings, else None."""
+        return self.name if self.kind in (FrameKind.STATUS, FrameKind.GREETING) else None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEndInfo:
+    reason: str  # a closed set (see imapproxy.session), fit for a metric label
+    detail: str  # printable, for logs
+    bytes_from_client: int
+    bytes_from_upstream: int
+    duration: float
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+class Pass:
+    """Let the message through unchanged."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PASS"
+
+
+PASS = Pass()
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """Send ``raw`` (one complete message, CRLF-terminated) instead.  The next filter sees
+    the replacement.  Not for a message with a streamed literal."""
+
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Refuse a command: ``tag NO|BAD [code] text``, made by the proxy; nothing reaches
+    the server.  ``code`` is an RFC 5530 response code without brackets (None: none)."""
+
+    text: str = "refused by policy"
+    status: str = "NO"
+    code: str | None = "NOPERM"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Answer a command locally: each of ``untagged`` (complete lines, CRLF-terminated),
+    then ``tag status [code] text``; nothing reaches the server."""
+
+    untagged: tuple[bytes, ...] = ()
+    text: str = "done"
+    status: str = "OK"
+    code: str | None = None
+
+
+class Drop:
+    """Drop an untagged response (never a tagged completion or a continuation)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = Drop()
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """End the session: ``* BYE [UNAVAILABLE] text`` to the client, both legs closed."""
+
+    text: str = "closed by policy"
+    code: str | None = "UNAVAILABLE"
+
+
+Verdict = Pass | Replace | Reject | Answer | Drop | Disconnect
+TERMINAL_FOR_COMMANDS = (Reject, Answer, Disconnect)
+TERMINAL_FOR_RESPONSES = (Drop, Disconnect)
+
+# ----------------------------------------------------------------------------- filters
+
+
+class OnError(enum.Enum):
+    """What happens when a filter's hook raises.  The exception is logged with the
+    session id and counted either way."""
+
+    CLOSED = "closed"  # fail closed: the command is refused NO [UNAVAILABLE], a
+    # response hook's failure ends the session with BYE (a rewrite that failed could show
+    # what it should hide)
+    OPEN = "open"  # fail open: the message passes as it is
+
+
+class Filter:
+    """Base class with no-op hooks: override what you need.
+
+    Set ``name`` (used in logs, transcript records and metric labels).  A filter that
+    never looks at commands or responses sets ``observes_only = True``: it is then given
+    views but its verdicts are ignored, and the relay does not hold a command back to
+    assemble it for this filter alone.
+    """
+
+    name: ClassVar[str] = "filter"
+    observes_only: ClassVar[bool] = False
+
+    def session_started(self, session: SessionView) -> None:
+        return None
+
+    def authenticated(self, session: SessionView) -> None:
+        return None
+
+    def command(self, cmd: CommandView, session: SessionView) -> Verdict:
+        return PASS
+
+    def response(self, resp: ResponseView, session: SessionView) -> Verdict:
+        return PASS
+
+    def session_ended(self, session: SessionView, end: SessionEndInfo) -> None:
+        return None
+
+
+class FilterFactory(Protocol):
+    """Makes one filter per session.  Configured once per process (options validated
+    there), called once per session."""
+
+    def __call__(self, session: SessionInfo) -> Filter: ...
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the key path it was found at."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+# A filter module's entry point: options (the TOML table less ``use``/``on_error``) and the
+# key path for error messages -> a factory.  Unknown or ill-typed options raise ConfigError.
+FilterMaker = Callable[[Mapping[str, Any], str], FilterFactory]

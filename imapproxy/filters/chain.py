@@ -1,0 +1,219 @@
+"""The filter chain: filters in their configured order, one set per session, errors contained.
+
+:class:`FilterChain` is built once per process from the configuration (one
+:class:`ChainEntry` per configured filter); :meth:`FilterChain.open` makes a
+:class:`SessionFilters` for one session, calling each factory once.
+
+Running a hook:
+
+* commands go through the filters in order, responses in reverse order;
+* a :class:`~.api.Replace` hands the new message to the next filter; the first terminal
+  verdict (a reject, a local answer, a drop, a disconnect) stops the chain;
+* a verdict that does not fit the message (``Drop`` of a command or of a tagged
+  completion, ``Reject`` of a response, ``Replace`` of an oversize response) is the
+  filter's bug, treated like an exception;
+* an exception is reported through ``on_error`` (the relay logs it with the session id and
+  counts it) and the filter's :class:`~.api.OnError` applies: ``open`` lets the message
+  pass that filter unchanged, ``closed`` refuses the command (``NO [UNAVAILABLE]``) or
+  ends the session for a response.  It never reaches another session or the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from ..wire.events import FrameKind
+from .api import (
+    PASS,
+    Answer,
+    CommandView,
+    Disconnect,
+    Drop,
+    Filter,
+    FilterFactory,
+    OnError,
+    Pass,
+    Reject,
+    Replace,
+    ResponseView,
+    SessionEndInfo,
+    SessionInfo,
+    SessionView,
+    Verdict,
+)
+
+# (filter name, hook name, the exception) -> None; must not raise.
+ErrorReporter = Callable[[str, str, BaseException], None]
+
+FAILED_CLOSED_COMMAND = Reject("filter failed", status="NO", code="UNAVAILABLE")
+FAILED_CLOSED_RESPONSE = Disconnect("filter failed")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEntry:
+    name: str
+    factory: FilterFactory
+    on_error: OnError = OnError.CLOSED
+
+
+class FilterChain:
+    """The configured filters (process-wide, immutable; a reload builds a new chain)."""
+
+    def __init__(self, entries: Sequence[ChainEntry] = ()) -> None:
+        self.entries = tuple(entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def open(self, info: SessionInfo, on_error: ErrorReporter) -> SessionFilters:
+        """The filters of one session.  A factory that raises is reported like a hook
+        that raises: ``open`` leaves that filter out, ``closed`` fails the session (its
+        ``failed`` is set; the relay says BYE)."""
+        filters: list[tuple[Filter, OnError]] = []
+        failed = False
+        for entry in self.entries:
+            try:
+                filters.append((entry.factory(info), entry.on_error))
+            except Exception as exc:
+                on_error(entry.name, "factory", exc)
+                if entry.on_error is OnError.CLOSED:
+                    failed = True
+        return SessionFilters(filters, on_error, failed=failed)
+
+
+class SessionFilters:
+    """One session's filter instances and the hooks run over them in order."""
+
+    def __init__(
+        self,
+        filters: Sequence[tuple[Filter, OnError]],
+        on_error: ErrorReporter,
+        *,
+        failed: bool = False,
+    ) -> None:
+        self._filters = tuple(filters)
+        self._reversed = tuple(reversed(self._filters))
+        self._report = on_error
+        self.failed = failed  # a closed filter could not be made: end the session
+        # Whether any filter decides about commands (else the relay need not assemble).
+        self.decides = any(not f.observes_only for f, _ in self._filters)
+
+    def __bool__(self) -> bool:
+        return bool(self._filters)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f, _ in self._filters)
+
+    # ------------------------------------------------------------------ events
+
+    def session_started(self, session: SessionView) -> Verdict:
+        return self._event("session_started", session)
+
+    def authenticated(self, session: SessionView) -> Verdict:
+        return self._event("authenticated", session)
+
+    def session_ended(self, session: SessionView, end: SessionEndInfo) -> None:
+        for f, _ in self._filters:
+            try:
+                f.session_ended(session, end)
+            except Exception as exc:
+                self._report(f.name, "session_ended", exc)
+
+    def _event(self, hook: str, session: SessionView) -> Verdict:
+        """A notification hook; a closed filter failing ends the session."""
+        for f, on_error in self._filters:
+            try:
+                getattr(f, hook)(session)
+            except Exception as exc:
+                self._report(f.name, hook, exc)
+                if on_error is OnError.CLOSED:
+                    return FAILED_CLOSED_RESPONSE
+        return PASS
+
+    # ------------------------------------------------------------------ messages
+
+    def command(self, cmd: CommandView, session: SessionView) -> tuple[Verdict, str | None]:
+        """Run a command through the chain.  Returns the verdict (PASS, a Replace with the
+        final bytes, or a terminal verdict) and the name of the filter that gave a
+        terminal verdict (None otherwise)."""
+        replaced: Replace | None = None
+        for f, on_error in self._filters:
+            try:
+                verdict = f.command(cmd, session)
+                if type(verdict) is Pass or f.observes_only:
+                    continue
+                if type(verdict) is Replace:
+                    if not cmd.complete:
+                        raise ValueError("Replace of a command whose literal streams")
+                    replaced = verdict
+                    cmd = replace(cmd, raw=verdict.raw)
+                    continue
+                if type(verdict) is Reject and verdict.status not in ("NO", "BAD"):
+                    raise ValueError(f"a rejection is NO or BAD, not {verdict.status!r}")
+                if type(verdict) is Answer and verdict.status not in ("OK", "NO", "BAD"):
+                    raise ValueError(f"an answer is OK, NO or BAD, not {verdict.status!r}")
+                if isinstance(verdict, (Reject, Answer, Disconnect)):
+                    return verdict, f.name
+                raise TypeError(f"{verdict!r} is not a verdict for a command")
+            except Exception as exc:
+                self._report(f.name, "command", exc)
+                if on_error is OnError.CLOSED:
+                    return FAILED_CLOSED_COMMAND, f.name
+        return (replaced or PASS), None
+
+    def response(self, resp: ResponseView, session: SessionView) -> tuple[Verdict, str | None]:
+        """Run a response through the chain in reverse order (see :meth:`command`)."""
+        replaced: Replace | None = None
+        for f, on_error in self._reversed:
+            try:
+                verdict = f.response(resp, session)
+                if type(verdict) is Pass or f.observes_only:
+                    continue
+                if type(verdict) is Replace:
+                    if resp.oversize:
+                        raise ValueError("Replace of a response too long to parse")
+                    replaced = verdict
+                    resp = replace(resp, raw=verdict.raw)
+                    continue
+                if type(verdict) is Drop:
+                    if resp.tag is not None or resp.kind is FrameKind.CONTINUATION:
+                        raise ValueError("only untagged responses can be dropped")
+                    return verdict, f.name
+                if type(verdict) is Disconnect:
+                    return verdict, f.name
+                raise TypeError(f"{verdict!r} is not a verdict for a response")
+            except Exception as exc:
+                self._report(f.name, "response", exc)
+                if on_error is OnError.CLOSED:
+                    return FAILED_CLOSED_RESPONSE, f.name
+        return (replaced or PASS), None
+
+
+def status_line(tag: bytes, status: str, code: str | None, text: str) -> bytes:
+    """``tag STATUS [CODE] text CRLF`` with the text made safe for one line."""
+    safe = " ".join(text.replace("\r", " ").replace("\n", " ").split()) or status.lower()
+    body = (f"[{code}] " if code else "") + safe
+    return tag + b" " + status.encode("ascii") + b" " + body.encode("utf-8", "replace") + b"\r\n"
+
+
+def local_reply(tag: bytes, verdict: Reject | Answer) -> bytes:
+    """The bytes the proxy sends for a rejected or locally answered command."""
+    head = b"".join(verdict.untagged) if isinstance(verdict, Answer) else b""
+    return head + status_line(tag, verdict.status, verdict.code, verdict.text)
+
+
+def bye_line(verdict: Disconnect) -> bytes:
+    return status_line(b"*", "BYE", verdict.code, verdict.text)
+
+
+__all__ = [
+    "ChainEntry",
+    "ErrorReporter",
+    "FilterChain",
+    "SessionFilters",
+    "bye_line",
+    "local_reply",
+    "status_line",
+]
