@@ -8,6 +8,8 @@ factory).  Hooks are plain functions and do no I/O:
 * ``authenticated(session)``: the server accepted a login (``session.user`` is set);
 * ``command(cmd, session) -> Verdict``: a client command, before any byte of it reaches
   the server;
+* ``client_line(line, session) -> Verdict``: a client line that is not a command (a SASL
+  line of AUTHENTICATE, IDLE's ``DONE``); its data is a ``Secret``;
 * ``response(resp, session) -> Verdict``: a server response, before it reaches the client;
   a tagged completion carries the command it completes and its latency;
 * ``session_ended(session, end)``: the session is over (reason, bytes, duration).
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from ..wire.events import FrameKind
+from ..wire.secret import Secret
 from ..wire.tokens import Token
 
 # ----------------------------------------------------------------------------- views
@@ -120,6 +123,9 @@ class CommandView:
     literals: tuple[LiteralInfo, ...] = ()
     complete: bool = True
     parse_error: str | None = None
+    # LOGIN/AUTHENTICATE in any form, or what a client sent after a login the proxy
+    # refused: ``raw`` holds credentials and must never be shown (args has them as Secret)
+    sensitive: bool = False
 
     @property
     def full_name(self) -> str:
@@ -129,6 +135,17 @@ class CommandView:
     def size(self) -> int:
         """Bytes of the whole command, streamed literals included."""
         return len(self.raw) + sum(lit.size for lit in self.literals if not lit.inline)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLineView:
+    """A client line inside an exchange: ``kind`` is AUTH_DATA (one SASL message, base64,
+    or ``*`` to cancel) or IDLE_DONE; ``tag`` is the exchange's command's tag."""
+
+    kind: FrameKind
+    tag: bytes | None
+    data: Secret[bytes]
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +284,9 @@ class Filter:
         return None
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
+        return PASS
+
+    def client_line(self, line: ClientLineView, session: SessionView) -> Verdict:
         return PASS
 
     def response(self, resp: ResponseView, session: SessionView) -> Verdict:

@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..wire.events import FrameKind
+from ..wire.secret import Secret
 from .api import (
     PASS,
     Answer,
+    ClientLineView,
     CommandView,
     Disconnect,
     Drop,
@@ -161,6 +163,32 @@ class SessionFilters:
                 self._report(f.name, "command", exc)
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_COMMAND, f.name
+        return (replaced or PASS), None
+
+    def client_line(
+        self, line: ClientLineView, session: SessionView
+    ) -> tuple[Verdict, str | None]:
+        """A SASL line or IDLE's DONE, in order: a Replace (a mapped SASL message) or a
+        Disconnect; nothing else fits (the server is waiting for exactly one line)."""
+        replaced: Replace | None = None
+        for f, on_error in self._filters:
+            try:
+                verdict = f.client_line(line, session)
+                if type(verdict) is Pass or f.observes_only:
+                    continue
+                if type(verdict) is Replace:
+                    if not verdict.raw.endswith(b"\n") or verdict.raw.count(b"\n") != 1:
+                        raise ValueError("a replaced client line is one line ending in CRLF")
+                    replaced = verdict
+                    line = replace(line, data=Secret(verdict.raw), size=len(verdict.raw))
+                    continue
+                if type(verdict) is Disconnect:
+                    return verdict, f.name
+                raise TypeError(f"{verdict!r} is not a verdict for a client line")
+            except Exception as exc:
+                self._report(f.name, "client_line", exc)
+                if on_error is OnError.CLOSED:
+                    return FAILED_CLOSED_RESPONSE, f.name
         return (replaced or PASS), None
 
     def response(self, resp: ResponseView, session: SessionView) -> tuple[Verdict, str | None]:

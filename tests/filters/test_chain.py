@@ -236,3 +236,46 @@ def test_locally_made_lines_cannot_be_split() -> None:
     assert answered == b"* ID NIL\r\nt OK ID done\r\n"
     assert bye_line(Disconnect("bye now")) == b"* BYE [UNAVAILABLE] bye now\r\n"
     assert status_line(b"t", "NO", None, "") == b"t NO no\r\n"
+
+
+def test_client_lines_carry_secrets_and_take_only_replace_or_disconnect() -> None:
+    from imapproxy.filters import ClientLineView
+    from imapproxy.wire import Secret
+
+    line = ClientLineView(FrameKind.AUTH_DATA, b"a1", Secret(b"AGFsaWNlAHB3\r\n"), 14)
+    assert "AGFsaWNl" not in repr(line)
+
+    class Mapper(Filter):
+        name = "mapper"
+
+        def client_line(self, line, session):  # type: ignore[no-untyped-def]
+            return Replace(b"AGJvYgBwdw==\r\n")
+
+    class Seer(Filter):
+        name = "seer"
+        seen: list[bytes] = []
+
+        def client_line(self, line, session):  # type: ignore[no-untyped-def]
+            self.seen.append(line.data.reveal())
+            return PASS
+
+    seer = Seer()
+    s = FilterChain(
+        [ChainEntry("mapper", lambda i: Mapper()), ChainEntry("seer", lambda i: seer)]
+    ).open(INFO, lambda *a: None)
+    assert s.client_line(line, VIEW) == (Replace(b"AGJvYgBwdw==\r\n"), None)
+    assert seer.seen == [b"AGJvYgBwdw==\r\n"]
+
+    errors: list[str] = []
+    for bad in (Reject(), Replace(b"two\r\nlines\r\n"), DROP):
+        log: list[tuple[str, str, bytes]] = []
+
+        class Bad(Recorder):
+            def client_line(self, line, session):  # type: ignore[no-untyped-def]
+                return self.verdict
+
+        s = FilterChain([ChainEntry("bad", lambda i, b=bad: Bad("bad", log, b))]).open(
+            INFO, lambda n, h, e: errors.append(h)
+        )
+        assert isinstance(s.client_line(line, VIEW)[0], Disconnect)
+    assert errors == ["client_line"] * 3
