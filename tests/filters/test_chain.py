@@ -274,7 +274,7 @@ def test_client_lines_carry_secrets_and_take_only_replace_or_disconnect() -> Non
             def client_line(self, line, session):  # type: ignore[no-untyped-def]
                 return self.verdict
 
-        s = FilterChain([ChainEntry("bad", lambda i, b=bad: Bad("bad", log, b))]).open(
+        s = FilterChain([ChainEntry("bad", lambda i, b=bad, lg=log: Bad("bad", lg, b))]).open(
             INFO, lambda n, h, e: errors.append(h)
         )
         assert isinstance(s.client_line(line, VIEW)[0], Disconnect)
