@@ -1,0 +1,64 @@
+"""The configuration file (TOML, ``imapproxy run --config FILE``).
+
+Today it holds the filter chain; flags on the command line still configure the rest (and
+win where both say something).  The shape is a contract: keys are added, never renamed::
+
+    [[filters]]
+    use = "transcript"
+    path = "transcript.jsonl"        # "-" for stdout
+    on_error = "open"
+
+Every mistake is one :class:`~imapproxy.filters.ConfigError` naming the key path
+(``filters[1].on_error: expected one of closed, open; got "opne"``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .filters.api import ConfigError, FilterMaker
+from .filters.chain import FilterChain
+from .filters.registry import build_chain
+from .filters.transcript import make_transcript
+
+BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
+    "transcript": make_transcript,
+}
+
+_TOP_LEVEL = frozenset({"filters"})
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    filters: FilterChain = field(default_factory=FilterChain)
+
+
+def load(path: str | Path, builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS) -> FileConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {p}: not found (give a TOML file)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"config file {p}: cannot read it: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"config file {p}: not valid TOML: {exc}") from None
+    return from_mapping(data, builtins)
+
+
+def from_mapping(
+    data: Mapping[str, Any], builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS
+) -> FileConfig:
+    for key in data:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})")
+    filters = data.get("filters", [])
+    if not isinstance(filters, list):
+        raise ConfigError("filters", "expected an array of tables ([[filters]])")
+    return FileConfig(filters=build_chain(filters, builtins))
