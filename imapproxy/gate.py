@@ -1,0 +1,275 @@
+"""The command gate: where a command is decided, before any byte of it reaches the server.
+
+Sans-IO (no Trio, no sockets): the relay feeds it the client's command frames and the
+server's response frames, and acts on what it returns.
+
+Commands
+--------
+A command the chain wants to see is held back until it is whole, or until a literal too
+large to hold begins:
+
+* a part that ends in a small synchronising literal (``{n}``, up to
+  ``Limits.inline_literal_bytes``) is kept, and the relay itself sends the client ``+``
+  (:class:`Collect` with ``ack``); a small ``{n+}`` literal is kept the same way without a
+  ``+`` (the client did not wait);
+* when the command is complete, the chain decides on the whole of it; when a streamed
+  literal begins (a 50 MB APPEND), the chain decides on what precedes it (``complete`` is
+  False) and the literal streams only after the command passed.
+
+A command that passes goes upstream the safe way (:class:`Forward`): in segments, each but
+the last ending in a ``{n}`` announcement (``{n+}`` sent on as ``{n}``), the next sent only
+after the server's own ``+`` (which the relay absorbs: the client got its ``+`` from the
+proxy).  A server that refuses in the middle (a tagged NO/BAD instead of ``+``) gets
+nothing more of the command, so the two legs can never be read differently.
+
+A refused command (:class:`Refuse`) never reaches the server: the relay sends the reply and
+settles the client decoder (a streamed ``{n}`` is then never sent by the client; a streamed
+``{n+}`` is read and discarded).  :class:`End` ends the session.
+
+Responses
+---------
+Each response's first part is offered to the chain (in reverse order); a tagged completion
+carries the command it completes and the command's latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .filters.api import (
+    Answer,
+    CommandView,
+    Disconnect,
+    LiteralInfo,
+    Pass,
+    Reject,
+    Replace,
+    SessionView,
+    Verdict,
+)
+from .filters.chain import SessionFilters, bye_line, local_reply
+from .filters.views import command_view, literal_info, response_view
+from .wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Side
+from .wire.limits import Limits
+
+# ------------------------------------------------------------------------ decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Collect:
+    """The part is kept until the command is whole.  The decoder waits for a ``+``: give
+    it one (``conv.client.continuation()``); with ``ack`` also send the client ``+``."""
+
+    ack: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``segments`` upstream, waiting for the server's ``+`` after each but the last
+    (each but the last ends in a ``{n}`` announcement).  ``streams`` is True when the last
+    segment announces a streamed literal: the relay then goes on as for any such head
+    (the server's ``+`` for it is passed to the client, which sends the literal).
+    ``verdict`` and ``by`` say what the chain did, for the transcript."""
+
+    segments: tuple[bytes, ...]
+    streams: bool
+    replaced: bool
+    view: CommandView
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Send ``reply`` to the client; nothing of the command goes upstream."""
+
+    tag: bytes
+    reply: bytes
+    status: str
+    by: str | None
+    view: CommandView
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    bye: bytes
+    by: str | None
+    text: str
+
+
+Decision = Collect | Forward | Refuse | End
+# Commands that start an exchange once complete (SASL lines, IDLE, TLS, compression).
+_NO_LITERALS = frozenset({"AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS"})
+
+
+class CommandGate:
+    def __init__(
+        self,
+        filters: SessionFilters,
+        session: SessionView,
+        limits: Limits,
+        *,
+        clock: Callable[[], float],
+        max_assembled: int | None = None,
+    ) -> None:
+        self.filters = filters
+        self.session = session
+        self.limits = limits
+        self.clock = clock
+        # A command held back is at most this big (its literals inline): beyond it the
+        # command is refused rather than held.
+        self.max_assembled = (
+            max_assembled if max_assembled is not None else 4 * limits.inline_literal_bytes
+        )
+        self._parts: list[Frame] = []
+        self._size = 0
+        self._skip_tag: bytes | None = None  # a command the gate let by (rest not gated)
+        # commands sent and not completed: their views and when they went upstream
+        self._sent: dict[bytes, tuple[CommandView, float]] = {}
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._parts)
+
+    # ------------------------------------------------------------------ commands
+
+    def command_part(self, frame: Frame) -> Decision | None:
+        """A COMMAND frame from the client decoder (after the relay's own safety checks).
+        Returns None when the gate has nothing to say (forward the frame as usual)."""
+        if not frame.first and not self._parts:
+            return None  # the rest of a command decided on its head
+        literal = frame.literal
+        if frame.first and literal is not None and frame.name in _NO_LITERALS:
+            # these end in an exchange (a "+" the server sends for them would be read as
+            # the exchange's): nothing legitimate gives them a literal
+            self._parts = [frame]
+            return self._too_big(frame, f"{frame.name} takes no literal", "CLIENTBUG")
+        streams = literal is not None and frame.streamed
+        if not frame.final and not streams:
+            assert literal is not None
+            self._parts.append(frame)
+            self._size += len(frame.raw) + literal.size
+            if self._size > self.max_assembled:
+                return self._too_big(frame)
+            return Collect(ack=literal.sync)
+        parts = [*self._parts, frame]
+        self._parts = []
+        self._size = 0
+        raw = b"".join(p.raw for p in parts)
+        lits = [literal_info(p.literal, inline=not p.streamed) for p in parts if p.literal]
+        view = command_view(raw, frame, lits, complete=not streams, limits=self.limits)
+        view = replace(view, sensitive=parts[0].sensitive)
+        verdict, by = self.filters.command(view, self.session)
+        if type(verdict) is Pass:
+            segments = tuple(_as_sync(p) for p in parts)
+            return self._forward(view, segments, streams, replaced=False)
+        if type(verdict) is Replace:
+            try:
+                segments = segment_command(verdict.raw, view.tag, self.limits)
+            except ValueError as exc:
+                # a filter's bug, not the client's: fail closed
+                self.filters._report(by or "?", "command", exc)
+                return self._refused(view, Reject("filter failed", code="UNAVAILABLE"), by)
+            return self._forward(replace(view, raw=verdict.raw), segments, False, replaced=True)
+        if type(verdict) is Reject or type(verdict) is Answer:
+            return self._refused(view, verdict, by)
+        if type(verdict) is Disconnect:
+            return End(bye_line(verdict), by, verdict.text)
+        raise AssertionError(verdict)
+
+    def _forward(
+        self, view: CommandView, segments: tuple[bytes, ...], streams: bool, *, replaced: bool
+    ) -> Forward:
+        self._sent[view.tag] = (view, self.clock())
+        return Forward(segments, streams, replaced, view)
+
+    def _refused(self, view: CommandView, verdict: Reject | Answer, by: str | None) -> Refuse:
+        return Refuse(view.tag, local_reply(view.tag, verdict), verdict.status, by, view)
+
+    def _too_big(
+        self, frame: Frame, text: str = "command too long to inspect", code: str = "TOOBIG"
+    ) -> Refuse:
+        parts = self._parts
+        self._parts = []
+        self._size = 0
+        raw = b"".join(p.raw for p in parts)
+        view = command_view(raw, frame, complete=False, limits=self.limits)
+        view = replace(view, sensitive=parts[0].sensitive)
+        reject = Reject(text, status="BAD", code=code)
+        return self._refused(view, reject, None)
+
+    def abandon(self) -> None:
+        """The client's message ended without the gate deciding (the relay refused it)."""
+        self._parts = []
+        self._size = 0
+
+    # ------------------------------------------------------------------ responses
+
+    def response(self, frame: Frame, *, oversize: bool = False) -> tuple[Verdict, str | None]:
+        """Offer a response's first part to the chain: (verdict, filter name)."""
+        command = None
+        latency = None
+        if frame.kind is FrameKind.STATUS and frame.tag is not None:
+            sent = self._sent.pop(frame.tag, None)
+            if sent is not None:
+                command, began = sent
+                latency = self.clock() - began
+        lits: tuple[LiteralInfo, ...] = ()
+        if frame.literal is not None:
+            lits = (literal_info(frame.literal, inline=not frame.streamed),)
+        view = response_view(
+            frame, command=command, latency=latency, literals=lits, oversize=oversize
+        )
+        return self.filters.response(view, self.session)
+
+    def completed_locally(self, tag: bytes) -> None:
+        self._sent.pop(tag, None)
+
+
+def _as_sync(frame: Frame) -> bytes:
+    """A part's bytes with a closing ``{n+}`` written ``{n}`` (it is sent as a
+    synchronising literal: the relay waits for the server's ``+``)."""
+    raw = frame.raw
+    literal = frame.literal
+    if literal is None or not literal.nonsync_marker or frame.final:
+        return raw
+    plus = raw.rindex(b"+}")
+    return raw[:plus] + raw[plus + 1 :]
+
+
+def segment_command(raw: bytes, tag: bytes, limits: Limits) -> tuple[bytes, ...]:
+    """Split a complete command (a filter's replacement) into the segments it is sent in:
+    each but the last ends in a ``{n}`` announcement.  It must be exactly one command with
+    the original tag, and hold no literal too large to keep; else ValueError."""
+    dec = Decoder(Side.CLIENT, limits)
+    dec.authenticated = True
+    dec.nonsync_as_sync = True
+    dec.receive_data(raw)
+    segments: list[bytes] = []
+    while True:
+        ev = dec.next_event()
+        if ev is PAUSED:
+            dec.continuation()
+            continue
+        if ev is NEED_DATA or not isinstance(ev, Frame):
+            raise ValueError("a replacement command must be one complete command")
+        if ev.first and (ev.tag != tag or not ev.name):
+            raise ValueError("a replacement command must keep the command's tag")
+        if ev.streamed:
+            raise ValueError("a replacement command cannot hold a literal that large")
+        segments.append(_as_sync(ev))
+        if ev.final:
+            break
+    if dec.buffered:
+        raise ValueError("a replacement command must be one command, not several")
+    return tuple(segments)
+
+
+__all__ = [
+    "Collect",
+    "CommandGate",
+    "Decision",
+    "End",
+    "Forward",
+    "Refuse",
+    "segment_command",
+]

@@ -1,0 +1,177 @@
+"""The command gate on its own: assembly, decisions, safe segments, refusals (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from imapproxy.filters import (
+    DROP,
+    Answer,
+    ChainEntry,
+    CommandView,
+    Disconnect,
+    Filter,
+    FilterChain,
+    OnError,
+    Reject,
+    Replace,
+    ResponseView,
+    SessionInfo,
+    SessionView,
+)
+from imapproxy.gate import Collect, CommandGate, End, Forward, Refuse, segment_command
+from imapproxy.wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Limits, Side
+
+INFO = SessionInfo("s-1", "127.0.0.1", 1, "imap@x")
+LIMITS = Limits()
+
+
+class Decide(Filter):
+    name = "decide"
+
+    def __init__(self, fn: Callable[[CommandView], object]) -> None:
+        self.fn = fn
+        self.seen: list[CommandView] = []
+        self.responses: list[ResponseView] = []
+
+    def command(self, cmd, session):  # type: ignore[no-untyped-def]
+        self.seen.append(cmd)
+        return self.fn(cmd)
+
+    def response(self, resp, session):  # type: ignore[no-untyped-def]
+        self.responses.append(resp)
+        return DROP if resp.name == "EXPUNGE" else super().response(resp, session)
+
+
+def gate_with(fn: Callable[[CommandView], object], on_error: OnError = OnError.CLOSED):
+    f = Decide(fn)
+    chain = FilterChain([ChainEntry("decide", lambda i: f, on_error)])
+    now = [100.0]
+    gate = CommandGate(chain.open(INFO, lambda *a: None), SessionView(INFO), LIMITS,
+                       clock=lambda: now[0])  # fmt: skip
+    return gate, f, now
+
+
+def drive(gate: CommandGate, data: bytes) -> list[object]:
+    """Feed client bytes through a decoder (as the relay does, nonsync_as_sync) and the
+    gate; answer Collect as the relay would.  Returns the gate's decisions."""
+    dec = Decoder(Side.CLIENT, LIMITS)
+    dec.authenticated = True
+    dec.nonsync_as_sync = True
+    dec.receive_data(data)
+    out: list[object] = []
+    while True:
+        ev = dec.next_event()
+        if ev is NEED_DATA or ev is PAUSED:
+            return out
+        if isinstance(ev, Frame):
+            decision = gate.command_part(ev)
+            out.append(decision)
+            if isinstance(decision, Collect):
+                assert dec.continuation()
+
+
+def passing(cmd: CommandView) -> object:
+    from imapproxy.filters import PASS
+
+    return PASS
+
+
+def test_single_line_command_passes_as_one_segment() -> None:
+    gate, f, _ = gate_with(passing)
+    [d] = drive(gate, b"a1 SELECT INBOX\r\n")
+    assert isinstance(d, Forward) and d.segments == (b"a1 SELECT INBOX\r\n",) and not d.streams
+    assert f.seen[0].name == "SELECT" and f.seen[0].complete
+
+
+@pytest.mark.parametrize("plus", [b"", b"+"])
+def test_command_assembled_across_literals_then_sent_in_safe_segments(plus: bytes) -> None:
+    gate, f, _ = gate_with(passing)
+    data = b"a1 RENAME {3" + plus + b"}\r\nOld {3" + plus + b"}\r\nNew\r\n"
+    decisions = drive(gate, data)
+    assert decisions[:2] == [Collect(ack=not plus), Collect(ack=not plus)]
+    fwd = decisions[2]
+    assert isinstance(fwd, Forward)
+    # every literal goes as {n}: the next segment only after the server's "+"
+    assert fwd.segments == (b"a1 RENAME {3}\r\n", b"Old {3}\r\n", b"New\r\n")
+    assert f.seen[0].raw == data and len(f.seen) == 1
+    from imapproxy.filters.views import mailbox_arguments
+
+    assert mailbox_arguments(f.seen[0]) == ("Old", "New")
+
+
+def test_decision_on_the_head_of_a_streamed_literal() -> None:
+    gate, f, _ = gate_with(passing)
+    [d] = drive(gate, b"a1 APPEND Sent (\\Seen) {50000000}\r\n")
+    assert isinstance(d, Forward) and d.streams
+    assert d.segments == (b"a1 APPEND Sent (\\Seen) {50000000}\r\n",)
+    assert not f.seen[0].complete and f.seen[0].literals[0].size == 50_000_000
+    assert not f.seen[0].literals[0].inline
+
+
+def test_reject_and_answer_make_local_replies() -> None:
+    gate, _, _ = gate_with(lambda c: Reject("Finance is closed", code="NOPERM"))
+    [d] = drive(gate, b"a1 SELECT {7}\r\nFinance\r\n")[1:]
+    assert isinstance(d, Refuse) and d.reply == b"a1 NO [NOPERM] Finance is closed\r\n"
+    gate, _, _ = gate_with(lambda c: Answer((b"* ID NIL\r\n",), "ID completed"))
+    [d] = drive(gate, b"x ID NIL\r\n")
+    assert isinstance(d, Refuse) and d.reply == b"* ID NIL\r\nx OK ID completed\r\n"
+    gate, _, _ = gate_with(lambda c: Disconnect("go away"))
+    [d] = drive(gate, b"x NOOP\r\n")
+    assert isinstance(d, End) and d.bye == b"* BYE [UNAVAILABLE] go away\r\n"
+
+
+def test_replace_is_resegmented_and_checked() -> None:
+    gate, _, _ = gate_with(lambda c: Replace(b"a1 SELECT {7+}\r\nArchive\r\n"))
+    [d] = drive(gate, b"a1 SELECT INBOX\r\n")
+    assert isinstance(d, Forward) and d.replaced
+    assert d.segments == (b"a1 SELECT {7}\r\n", b"Archive\r\n")
+    # a replacement that is two commands, another tag or unfinished fails closed
+    for bad in (b"a1 NOOP\r\nb CREATE x\r\n", b"zz NOOP\r\n", b"a1 SELECT {7}\r\nArc"):
+        gate, _, _ = gate_with(lambda c, b=bad: Replace(b))
+        [d] = drive(gate, b"a1 SELECT INBOX\r\n")
+        assert isinstance(d, Refuse) and b"[UNAVAILABLE]" in d.reply, bad
+
+
+def test_too_big_to_hold_is_refused() -> None:
+    gate, f, _ = gate_with(passing)
+    big = b"x" * 60_000
+    data = b"a1 X" + b"".join(b" {%d+}\r\n" % len(big) + big for _ in range(5)) + b"\r\n"
+    decisions = drive(gate, data)
+    refused = [d for d in decisions if isinstance(d, Refuse)]
+    assert refused and b"[TOOBIG]" in refused[0].reply and f.seen == []
+
+
+def test_exchange_commands_take_no_literal() -> None:
+    gate, _, _ = gate_with(passing)
+    [d] = drive(gate, b"a1 AUTHENTICATE {5}\r\n")
+    assert isinstance(d, Refuse) and d.reply.startswith(b"a1 BAD [CLIENTBUG]")
+
+
+def test_rest_of_a_headed_command_is_not_gated() -> None:
+    gate, _, _ = gate_with(passing)
+    dec_frames = drive(gate, b"a1 APPEND Sent {100000}\r\n")
+    assert isinstance(dec_frames[0], Forward)
+    later = Frame(Side.CLIENT, FrameKind.COMMAND, b" {3}\r\n", b"a1", "APPEND",
+                  first=False, final=True)  # fmt: skip
+    assert gate.command_part(later) is None
+
+
+def test_responses_carry_command_and_latency_and_can_be_dropped() -> None:
+    gate, f, now = gate_with(passing)
+    drive(gate, b"a1 FETCH 1 FLAGS\r\n")
+    now[0] += 0.25
+
+    done = Frame(Side.SERVER, FrameKind.STATUS, b"a1 OK done\r\n", b"a1", "OK")
+    assert gate.response(done)[1] is None
+    assert f.responses[0].command is not None and f.responses[0].command.name == "FETCH"
+    assert f.responses[0].latency == pytest.approx(0.25)
+    gone = Frame(Side.SERVER, FrameKind.DATA, b"* 3 EXPUNGE\r\n", None, "EXPUNGE", 3)
+    assert gate.response(gone) == (DROP, "decide")
+
+
+def test_segment_command_rejects_streamed_literals() -> None:
+    with pytest.raises(ValueError, match="literal that large"):
+        segment_command(b"a APPEND x {100000}\r\n" + b"y" * 100000 + b"\r\n", b"a", LIMITS)
