@@ -112,6 +112,9 @@ class CommandGate:
         max_assembled: int | None = None,
     ) -> None:
         self.filters = filters
+        # Hold commands back only when some filter may decide about them; a chain of
+        # observers sees each command when its last part has gone by.
+        self.hold = filters.decides
         self.session = session
         self.limits = limits
         self.clock = clock
@@ -137,6 +140,9 @@ class CommandGate:
         Returns None when the gate has nothing to say (forward the frame as usual)."""
         if not frame.first and not self._parts:
             return None  # the rest of a command decided on its head
+        if not self.hold:
+            self._observe(frame)
+            return None
         literal = frame.literal
         if frame.first and literal is not None and frame.name in _NO_LITERALS:
             # these end in an exchange (a "+" the server sends for them would be read as
@@ -154,10 +160,7 @@ class CommandGate:
         parts = [*self._parts, frame]
         self._parts = []
         self._size = 0
-        raw = b"".join(p.raw for p in parts)
-        lits = [literal_info(p.literal, inline=not p.streamed) for p in parts if p.literal]
-        view = command_view(raw, frame, lits, complete=not streams, limits=self.limits)
-        view = replace(view, sensitive=parts[0].sensitive)
+        view = self._view(parts, frame, streams=streams)
         verdict, by = self.filters.command(view, self.session)
         if type(verdict) is Pass:
             segments = tuple(_as_sync(p) for p in parts)
@@ -167,7 +170,7 @@ class CommandGate:
                 segments = segment_command(verdict.raw, view.tag, self.limits)
             except ValueError as exc:
                 # a filter's bug, not the client's: fail closed
-                self.filters._report(by or "?", "command", exc)
+                self.filters.report(by or "?", "command", exc)
                 return self._refused(view, Reject("filter failed", code="UNAVAILABLE"), by)
             return self._forward(replace(view, raw=verdict.raw), segments, False, replaced=True)
         if type(verdict) is Reject or type(verdict) is Answer:
@@ -175,6 +178,27 @@ class CommandGate:
         if type(verdict) is Disconnect:
             return End(bye_line(verdict), by, verdict.text)
         raise AssertionError(verdict)
+
+    def _observe(self, frame: Frame) -> None:
+        """Observers only: keep the parts (bounded) and show the command once whole."""
+        literal = frame.literal
+        if not frame.final and not (literal is not None and frame.streamed):
+            if self._size <= self.max_assembled:
+                self._parts.append(frame)
+                self._size += len(frame.raw) + (literal.size if literal else 0)
+            return
+        parts = [*self._parts, frame] if self._size <= self.max_assembled else self._parts
+        self._parts = []
+        self._size = 0
+        view = self._view(parts, frame, streams=not frame.final)
+        self.filters.command(view, self.session)
+        self._sent[view.tag] = (view, self.clock())
+
+    def _view(self, parts: list[Frame], last: Frame, *, streams: bool) -> CommandView:
+        raw = b"".join(p.raw for p in parts)
+        lits = [literal_info(p.literal, inline=not p.streamed) for p in parts if p.literal]
+        view = command_view(raw, last, lits, complete=not streams, limits=self.limits)
+        return replace(view, sensitive=parts[0].sensitive) if parts[0].sensitive else view
 
     def _forward(
         self, view: CommandView, segments: tuple[bytes, ...], streams: bool, *, replaced: bool
@@ -191,9 +215,7 @@ class CommandGate:
         parts = self._parts
         self._parts = []
         self._size = 0
-        raw = b"".join(p.raw for p in parts)
-        view = command_view(raw, frame, complete=False, limits=self.limits)
-        view = replace(view, sensitive=parts[0].sensitive)
+        view = self._view(parts, frame, streams=True)
         reject = Reject(text, status="BAD", code=code)
         return self._refused(view, reject, None)
 

@@ -175,3 +175,30 @@ def test_responses_carry_command_and_latency_and_can_be_dropped() -> None:
 def test_segment_command_rejects_streamed_literals() -> None:
     with pytest.raises(ValueError, match="literal that large"):
         segment_command(b"a APPEND x {100000}\r\n" + b"y" * 100000 + b"\r\n", b"a", LIMITS)
+
+
+def test_observers_never_hold_a_command_back() -> None:
+    class Watch(Filter):
+        name = "watch"
+        observes_only = True
+        seen: list[CommandView] = []
+
+        def command(self, cmd, session):  # type: ignore[no-untyped-def]
+            self.seen.append(cmd)
+            return Reject()  # ignored: an observer cannot decide
+
+    w = Watch()
+    chain = FilterChain([ChainEntry("watch", lambda i: w)])
+    gate = CommandGate(chain.open(INFO, lambda *a: None), SessionView(INFO), LIMITS,
+                       clock=lambda: 0.0)  # fmt: skip
+    assert not gate.hold
+    dec = Decoder(Side.CLIENT, LIMITS)
+    dec.authenticated = True
+    dec.receive_data(b"a1 RENAME {3}\r\n")
+    first = dec.next_event()
+    assert isinstance(first, Frame) and gate.command_part(first) is None
+    assert dec.continuation()  # the server's "+" (relayed as usual)
+    dec.receive_data(b"Old New\r\n")
+    last = dec.next_event()
+    assert isinstance(last, Frame) and gate.command_part(last) is None
+    assert [c.raw for c in w.seen] == [b"a1 RENAME {3}\r\nOld New\r\n"]

@@ -96,7 +96,7 @@ class SessionFilters:
     ) -> None:
         self._filters = tuple(filters)
         self._reversed = tuple(reversed(self._filters))
-        self._report = on_error
+        self.report = on_error
         self.failed = failed  # a closed filter could not be made: end the session
         # Whether any filter decides about commands (else the relay need not assemble).
         self.decides = any(not f.observes_only for f, _ in self._filters)
@@ -121,7 +121,7 @@ class SessionFilters:
             try:
                 f.session_ended(session, end)
             except Exception as exc:
-                self._report(f.name, "session_ended", exc)
+                self.report(f.name, "session_ended", exc)
 
     def _event(self, hook: str, session: SessionView) -> Verdict:
         """A notification hook; a closed filter failing ends the session."""
@@ -129,7 +129,7 @@ class SessionFilters:
             try:
                 getattr(f, hook)(session)
             except Exception as exc:
-                self._report(f.name, hook, exc)
+                self.report(f.name, hook, exc)
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_RESPONSE
         return PASS
@@ -138,9 +138,10 @@ class SessionFilters:
 
     def command(self, cmd: CommandView, session: SessionView) -> tuple[Verdict, str | None]:
         """Run a command through the chain.  Returns the verdict (PASS, a Replace with the
-        final bytes, or a terminal verdict) and the name of the filter that gave a
-        terminal verdict (None otherwise)."""
+        final bytes, or a terminal verdict) and the name of the filter that gave it (the
+        last replacing one for a Replace; None for PASS)."""
         replaced: Replace | None = None
+        replaced_by: str | None = None
         for f, on_error in self._filters:
             try:
                 verdict = f.command(cmd, session)
@@ -149,7 +150,7 @@ class SessionFilters:
                 if type(verdict) is Replace:
                     if not cmd.complete:
                         raise ValueError("Replace of a command whose literal streams")
-                    replaced = verdict
+                    replaced, replaced_by = verdict, f.name
                     cmd = replace(cmd, raw=verdict.raw)
                     continue
                 if type(verdict) is Reject and verdict.status not in ("NO", "BAD"):
@@ -160,10 +161,10 @@ class SessionFilters:
                     return verdict, f.name
                 raise TypeError(f"{verdict!r} is not a verdict for a command")
             except Exception as exc:
-                self._report(f.name, "command", exc)
+                self.report(f.name, "command", exc)
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_COMMAND, f.name
-        return (replaced or PASS), None
+        return (replaced, replaced_by) if replaced is not None else (PASS, None)
 
     def client_line(
         self, line: ClientLineView, session: SessionView
@@ -186,7 +187,7 @@ class SessionFilters:
                     return verdict, f.name
                 raise TypeError(f"{verdict!r} is not a verdict for a client line")
             except Exception as exc:
-                self._report(f.name, "client_line", exc)
+                self.report(f.name, "client_line", exc)
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_RESPONSE, f.name
         return (replaced or PASS), None
@@ -213,7 +214,7 @@ class SessionFilters:
                     return verdict, f.name
                 raise TypeError(f"{verdict!r} is not a verdict for a response")
             except Exception as exc:
-                self._report(f.name, "response", exc)
+                self.report(f.name, "response", exc)
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_RESPONSE, f.name
         return (replaced or PASS), None

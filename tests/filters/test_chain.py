@@ -102,7 +102,7 @@ def test_replace_is_seen_by_the_next_filter_and_returned() -> None:
     new = b"a1 SELECT Archive\r\n"
     s, _ = chain_of(Recorder("a", log, Replace(new)), Recorder("b", log))
     verdict, by = s.command(cmd(), VIEW)
-    assert verdict == Replace(new) and by is None
+    assert verdict == Replace(new) and by == "a"
     assert log[1] == ("b", "command", new)
 
 
