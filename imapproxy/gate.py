@@ -97,6 +97,7 @@ class End:
 
 
 Decision = Collect | Forward | Refuse | End
+_HOLD, _OBSERVE, _SKIP = "hold", "observe", "skip"
 # Commands that start an exchange once complete (SASL lines, IDLE, TLS, compression).
 _NO_LITERALS = frozenset({"AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS"})
 
@@ -112,9 +113,10 @@ class CommandGate:
         max_assembled: int | None = None,
     ) -> None:
         self.filters = filters
-        # Hold commands back only when some filter may decide about them; a chain of
-        # observers sees each command when its last part has gone by.
-        self.hold = filters.decides
+        # How the command in progress is handled: held back until whole (a filter may
+        # decide about it), observed (filters see it once its last part has gone by), or
+        # skipped (no filter wants it: no view is built).
+        self._mode = _SKIP
         self.session = session
         self.limits = limits
         self.clock = clock
@@ -138,11 +140,22 @@ class CommandGate:
     def command_part(self, frame: Frame) -> Decision | None:
         """A COMMAND frame from the client decoder (after the relay's own safety checks).
         Returns None when the gate has nothing to say (forward the frame as usual)."""
-        if not frame.first and not self._parts:
-            return None  # the rest of a command decided on its head
-        if not self.hold:
+        if frame.first:
+            name = frame.name[4:] if frame.name.startswith("UID ") else frame.name
+            if self.filters.decides_command(name):
+                self._mode = _HOLD
+            elif self.filters.wants_command(name):
+                self._mode = _OBSERVE
+            else:
+                self._mode = _SKIP
+        mode = self._mode
+        if mode is _SKIP:
+            return None
+        if mode is _OBSERVE:
             self._observe(frame)
             return None
+        if not frame.first and not self._parts:
+            return None  # the rest of a command decided on its head
         literal = frame.literal
         if frame.first and literal is not None and frame.name in _NO_LITERALS:
             # these end in an exchange (a "+" the server sends for them would be read as

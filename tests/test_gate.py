@@ -191,7 +191,6 @@ def test_observers_never_hold_a_command_back() -> None:
     chain = FilterChain([ChainEntry("watch", lambda i: w)])
     gate = CommandGate(chain.open(INFO, lambda *a: None), SessionView(INFO), LIMITS,
                        clock=lambda: 0.0)  # fmt: skip
-    assert not gate.hold
     dec = Decoder(Side.CLIENT, LIMITS)
     dec.authenticated = True
     dec.receive_data(b"a1 RENAME {3}\r\n")
@@ -202,3 +201,25 @@ def test_observers_never_hold_a_command_back() -> None:
     last = dec.next_event()
     assert isinstance(last, Frame) and gate.command_part(last) is None
     assert [c.raw for c in w.seen] == [b"a1 RENAME {3}\r\nOld New\r\n"]
+
+
+def test_only_wanted_commands_are_held_or_viewed() -> None:
+    class LoginOnly(Filter):
+        name = "login-only"
+        wants_commands = frozenset({"LOGIN"})
+        seen: list[str] = []
+
+        def command(self, cmd, session):  # type: ignore[no-untyped-def]
+            self.seen.append(cmd.name)
+            return Reject("no")
+
+    f = LoginOnly()
+    chain = FilterChain([ChainEntry("l", lambda i: f)])
+    gate = CommandGate(chain.open(INFO, lambda *a: None), SessionView(INFO), LIMITS,
+                       clock=lambda: 0.0)  # fmt: skip
+    assert drive(gate, b"a1 SELECT {5}\r\n") == [None]  # not held: forwarded as usual
+    gate = CommandGate(chain.open(INFO, lambda *a: None), SessionView(INFO), LIMITS,
+                       clock=lambda: 0.0)  # fmt: skip
+    decisions = drive(gate, b"a2 LOGIN {5}\r\nalice pw\r\n")
+    assert decisions[0] == Collect(ack=True) and isinstance(decisions[1], Refuse)
+    assert f.seen == ["LOGIN"]

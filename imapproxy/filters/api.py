@@ -269,13 +269,20 @@ class Filter:
     """Base class with no-op hooks: override what you need.
 
     Set ``name`` (used in logs, transcript records and metric labels).  A filter that
-    never looks at commands or responses sets ``observes_only = True``: it is then given
-    views but its verdicts are ignored, and the relay does not hold a command back to
-    assemble it for this filter alone.
+    only watches sets ``observes_only = True``: it is then given views but its verdicts
+    are ignored, and the relay does not hold a command back to assemble it for this
+    filter alone.
+
+    ``wants_commands`` and ``wants_responses`` say which messages the filter wants (command names
+    without ``UID``, so ``"FETCH"`` covers ``UID FETCH``; response names such as
+    ``"CAPABILITY"``, ``"OK"``, ``"LIST"``); ``None`` means all.  The relay builds views
+    only for messages some filter wants, so a narrow filter costs nothing elsewhere.
     """
 
     name: ClassVar[str] = "filter"
     observes_only: ClassVar[bool] = False
+    wants_commands: ClassVar[frozenset[str] | None] = None
+    wants_responses: ClassVar[frozenset[str] | None] = None
 
     def session_started(self, session: SessionView) -> None:
         return None

@@ -20,7 +20,7 @@ Running a hook:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from ..wire.events import FrameKind
@@ -99,7 +99,28 @@ class SessionFilters:
         self.report = on_error
         self.failed = failed  # a closed filter could not be made: end the session
         # Whether any filter decides about commands (else the relay need not assemble).
-        self.decides = any(not f.observes_only for f, _ in self._filters)
+        self.decides = any(not f.observes_only and f.wants_commands != frozenset()
+                           for f, _ in self._filters)  # fmt: skip
+        self._command_names = _union(f.wants_commands for f, _ in self._filters)
+        self._decided_names = _union(
+            f.wants_commands for f, _ in self._filters if not f.observes_only
+        )
+        self._response_names = _union(f.wants_responses for f, _ in self._filters)
+
+    def wants_command(self, name: str) -> bool:
+        """Whether any filter wants to see commands of this name (without UID)."""
+        names = self._command_names
+        return names is None or name in names
+
+    def decides_command(self, name: str) -> bool:
+        """Whether a filter that may decide wants commands of this name: only those are
+        held back until whole."""
+        names = self._decided_names
+        return names is None or name in names
+
+    def wants_response(self, name: str) -> bool:
+        names = self._response_names
+        return names is None or name in names
 
     def __bool__(self) -> bool:
         return bool(self._filters)
@@ -143,6 +164,8 @@ class SessionFilters:
         replaced: Replace | None = None
         replaced_by: str | None = None
         for f, on_error in self._filters:
+            if f.wants_commands is not None and cmd.name not in f.wants_commands:
+                continue
             try:
                 verdict = f.command(cmd, session)
                 if type(verdict) is Pass or f.observes_only:
@@ -196,6 +219,8 @@ class SessionFilters:
         """Run a response through the chain in reverse order (see :meth:`command`)."""
         replaced: Replace | None = None
         for f, on_error in self._reversed:
+            if f.wants_responses is not None and resp.name not in f.wants_responses:
+                continue
             try:
                 verdict = f.response(resp, session)
                 if type(verdict) is Pass or f.observes_only:
@@ -218,6 +243,16 @@ class SessionFilters:
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_RESPONSE, f.name
         return (replaced or PASS), None
+
+
+def _union(sets: Iterable[frozenset[str] | None]) -> frozenset[str] | None:
+    """The union of name sets, where None means "all"."""
+    out: set[str] = set()
+    for names in sets:
+        if names is None:
+            return None
+        out |= names
+    return frozenset(out)
 
 
 def status_line(tag: bytes, status: str, code: str | None, text: str) -> bytes:
