@@ -57,16 +57,23 @@ def mediate_list(caps: list[bytes], policy: CapabilityPolicy) -> list[bytes]:
 
 def mediate_frame(frame: Frame, policy: CapabilityPolicy) -> bytes | None:
     """New bytes for a frame that carries capabilities and needs changing, else None."""
-    kind = frame.kind
+    if frame.kind is FrameKind.DATA and not frame.final:
+        return None
+    return mediate_raw(frame.kind, frame.name, frame.raw, policy)
+
+
+def mediate_raw(kind: FrameKind, name: str, raw: bytes, policy: CapabilityPolicy) -> bytes | None:
+    """New bytes for a whole response that carries capabilities and needs changing."""
     if kind is FrameKind.DATA:
-        if frame.name != "CAPABILITY" or not frame.final:
+        if name != "CAPABILITY":
             return None
         pattern = _DATA_LIST
     elif kind is FrameKind.STATUS or kind is FrameKind.GREETING:
+        if b"[" not in raw:
+            return None
         pattern = _CODE_LIST
     else:
         return None
-    raw = frame.raw
     m = pattern.search(raw)
     if m is None:
         return None

@@ -57,6 +57,7 @@ class SessionInfo:
     client_host: str
     client_port: int
     listener: str  # the listener's name, e.g. "imap@127.0.0.1:1143"
+    starttls: bool = False  # the listener offers STARTTLS (plain, with a certificate)
 
 
 class Phase(enum.Enum):

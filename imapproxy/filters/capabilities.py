@@ -1,0 +1,79 @@
+"""The capability stage: what the client is told the proxy-plus-server can do, and the
+logins refused until TLS.  A built-in filter, always first in the chain, written against
+the public API (the rules themselves are in :mod:`imapproxy.capabilities`).
+
+* Capability lists are mediated wherever they appear (greeting, ``* CAPABILITY``,
+  ``OK [CAPABILITY ...]``): STARTTLS only where this connection can still do it,
+  ``COMPRESS=`` and ``AUTH=...-PLUS`` never, ``LOGINDISABLED`` (and no ``AUTH=``) while a
+  login would be refused.
+* With ``require_tls_for_login``, LOGIN and AUTHENTICATE on a connection without TLS are
+  refused ``NO [PRIVACYREQUIRED]`` and never reach the server.
+* COMPRESS is refused ``NO [CANNOT]``: compressed traffic cannot be inspected.
+
+STARTTLS itself is the relay's (it switches the stream); it offers STARTTLS under the same
+rule as :meth:`CapabilityFilter.offers_starttls`.
+"""
+
+from __future__ import annotations
+
+from ..capabilities import CapabilityPolicy, mediate_raw
+from .api import (
+    PASS,
+    CommandView,
+    Filter,
+    Phase,
+    Reject,
+    Replace,
+    ResponseView,
+    SessionInfo,
+    SessionView,
+    Verdict,
+)
+
+TLS_REQUIRED = Reject("Use STARTTLS before logging in", status="NO", code="PRIVACYREQUIRED")
+NO_COMPRESS = Reject("COMPRESS is not available through this proxy", status="NO", code="CANNOT")
+
+
+class CapabilityFilter(Filter):
+    name = "capabilities"
+    wants_commands = frozenset({"LOGIN", "AUTHENTICATE", "COMPRESS"})
+    # status responses and greetings may carry [CAPABILITY ...]
+    wants_responses = frozenset({"CAPABILITY", "OK", "NO", "BAD", "PREAUTH", "BYE"})
+
+    def __init__(self, info: SessionInfo, *, require_tls_for_login: bool) -> None:
+        self.info = info
+        self.require_tls_for_login = require_tls_for_login
+        self._logins: set[bytes] = set()  # tags of logins in progress
+
+    def login_disabled(self, session: SessionView) -> bool:
+        return self.require_tls_for_login and session.tls is None
+
+    def offers_starttls(self, session: SessionView) -> bool:
+        return (
+            self.info.starttls
+            and session.tls is None
+            and session.phase is Phase.NOT_AUTHENTICATED
+            # with a login in progress the capabilities the server sends now are the
+            # post-login ones (STARTTLS will not be possible any more)
+            and not self._logins
+        )
+
+    def command(self, cmd: CommandView, session: SessionView) -> Verdict:
+        if cmd.uid:
+            return PASS
+        if cmd.name == "COMPRESS":
+            return NO_COMPRESS
+        if self.login_disabled(session):
+            return TLS_REQUIRED
+        self._logins.add(cmd.tag)
+        return PASS
+
+    def response(self, resp: ResponseView, session: SessionView) -> Verdict:
+        if resp.tag is not None:
+            self._logins.discard(resp.tag)
+        policy = CapabilityPolicy(
+            offer_starttls=self.offers_starttls(session),
+            login_disabled=self.login_disabled(session),
+        )
+        new = mediate_raw(resp.kind, resp.name, resp.raw, policy)
+        return PASS if new is None else Replace(new)
