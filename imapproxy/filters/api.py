@@ -278,12 +278,15 @@ class Filter:
     without ``UID``, so ``"FETCH"`` covers ``UID FETCH``; response names such as
     ``"CAPABILITY"``, ``"OK"``, ``"LIST"``); ``None`` means all.  The relay builds views
     only for messages some filter wants, so a narrow filter costs nothing elsewhere.
+    ``wants_codes`` adds status responses (and greetings) that carry one of these
+    response codes (``"CAPABILITY"``, ``"ALERT"``, ...), whatever their name.
     """
 
     name: ClassVar[str] = "filter"
     observes_only: ClassVar[bool] = False
     wants_commands: ClassVar[frozenset[str] | None] = None
     wants_responses: ClassVar[frozenset[str] | None] = None
+    wants_codes: ClassVar[frozenset[str]] = frozenset()
 
     def session_started(self, session: SessionView) -> None:
         return None

@@ -37,8 +37,8 @@ NO_COMPRESS = Reject("COMPRESS is not available through this proxy", status="NO"
 class CapabilityFilter(Filter):
     name = "capabilities"
     wants_commands = frozenset({"LOGIN", "AUTHENTICATE", "COMPRESS"})
-    # status responses and greetings may carry [CAPABILITY ...]
-    wants_responses = frozenset({"CAPABILITY", "OK", "NO", "BAD", "PREAUTH", "BYE"})
+    wants_responses = frozenset({"CAPABILITY"})
+    wants_codes = frozenset({"CAPABILITY"})  # greetings and status responses
 
     def __init__(self, info: SessionInfo, *, require_tls_for_login: bool) -> None:
         self.info = info

@@ -20,6 +20,7 @@ Running a hook:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -106,6 +107,7 @@ class SessionFilters:
             f.wants_commands for f, _ in self._filters if not f.observes_only
         )
         self._response_names = _union(f.wants_responses for f, _ in self._filters)
+        self._codes = frozenset().union(*(f.wants_codes for f, _ in self._filters))
 
     def wants_command(self, name: str) -> bool:
         """Whether any filter wants to see commands of this name (without UID)."""
@@ -118,9 +120,16 @@ class SessionFilters:
         names = self._decided_names
         return names is None or name in names
 
-    def wants_response(self, name: str) -> bool:
+    def wants_response(self, kind: FrameKind, name: str, raw: bytes) -> bool:
+        """Whether any filter wants this response (by name, or by a response code it
+        carries).  Cheap: called for every response."""
         names = self._response_names
-        return names is None or name in names
+        if names is None or name in names:
+            return True
+        codes = self._codes
+        if codes and (kind is FrameKind.STATUS or kind is FrameKind.GREETING) and b"[" in raw:
+            return response_code(raw) in codes
+        return False
 
     def __bool__(self) -> bool:
         return bool(self._filters)
@@ -219,7 +228,7 @@ class SessionFilters:
         """Run a response through the chain in reverse order (see :meth:`command`)."""
         replaced: Replace | None = None
         for f, on_error in self._reversed:
-            if f.wants_responses is not None and resp.name not in f.wants_responses:
+            if not _wanted(f, resp):
                 continue
             try:
                 verdict = f.response(resp, session)
@@ -243,6 +252,22 @@ class SessionFilters:
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_RESPONSE, f.name
         return (replaced or PASS), None
+
+
+def _wanted(f: Filter, resp: ResponseView) -> bool:
+    names = f.wants_responses
+    if names is None or resp.name in names:
+        return True
+    return bool(f.wants_codes) and response_code(resp.raw) in f.wants_codes
+
+
+_CODE = re.compile(rb"[^ ]+ [A-Za-z]+ \[([A-Za-z0-9.-]+)")  # tag, status, [CODE
+
+
+def response_code(raw: bytes) -> str | None:
+    """The response code of a status response (upper-case), or None."""
+    m = _CODE.match(raw)
+    return m.group(1).decode("ascii").upper() if m else None
 
 
 def _union(sets: Iterable[frozenset[str] | None]) -> frozenset[str] | None:

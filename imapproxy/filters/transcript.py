@@ -60,13 +60,13 @@ from .api import (
     SessionView,
     Verdict,
 )
+from .chain import response_code
 from .registry import check_options
 from .sink import Record, RecordSink
 
 SCHEMA_VERSION = 1
 MAX_TEXT = 300  # characters of a message shown
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-_CODE = re.compile(rb"[^ ]+ [A-Za-z]+ \[([A-Za-z0-9.-]+)")  # tag, status, [CODE
 
 
 def printable(data: bytes | str, limit: int = MAX_TEXT) -> str:
@@ -237,8 +237,7 @@ class TranscriptFilter(Filter):
             fields["oversize"] = True
         if resp.kind in (FrameKind.STATUS, FrameKind.GREETING):
             fields["status"] = resp.name
-            m = _CODE.match(resp.raw)
-            fields["code"] = m.group(1).decode("ascii").upper() if m else None
+            fields["code"] = response_code(resp.raw)
         if resp.latency is not None:
             fields["latency_ms"] = round(resp.latency * 1000, 3)
         if resp.command is not None:

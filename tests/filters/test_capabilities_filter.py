@@ -69,3 +69,19 @@ def test_tls_required_for_login() -> None:
     assert f.command(login(), s) is PASS
     compress = CommandView(b"c", "COMPRESS", False, (), b"c COMPRESS DEFLATE\r\n")
     assert isinstance(f.command(compress, s), Reject)
+
+
+def test_the_chain_offers_only_what_the_stage_wants() -> None:
+    from imapproxy.filters import ChainEntry, FilterChain
+
+    chain = FilterChain(
+        [ChainEntry("capabilities", lambda i: CapabilityFilter(i, require_tls_for_login=False))]
+    ).open(PLAIN, lambda *a: None)
+    assert chain.wants_response(FrameKind.DATA, "CAPABILITY", CAPS)
+    assert chain.wants_response(FrameKind.STATUS, "OK", b"a OK [CAPABILITY IMAP4rev1] x\r\n")
+    assert chain.wants_response(FrameKind.GREETING, "OK", b"* OK [CAPABILITY X] hi\r\n")
+    assert not chain.wants_response(FrameKind.STATUS, "OK", b"a OK done\r\n")
+    assert not chain.wants_response(FrameKind.STATUS, "OK", b"a OK [READ-WRITE] x\r\n")
+    assert not chain.wants_response(FrameKind.DATA, "FETCH", b"* 1 FETCH (FLAGS ())\r\n")
+    assert chain.wants_command("LOGIN") and not chain.wants_command("FETCH")
+    assert chain.decides_command("COMPRESS") and not chain.decides_command("NOOP")
