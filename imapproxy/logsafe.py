@@ -71,4 +71,4 @@ def safe(value: object, limit: int = MAX_LOGGED, *, spaces: bool = True) -> str:
         text = text.replace(" ", "\\x20")
     if total <= limit and len(text) <= limit:
         return text
-    return f"{text[:limit]}...({total} in all)"
+    return f"{text[:limit]}...(+{total - limit})"
