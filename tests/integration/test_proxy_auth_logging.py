@@ -130,3 +130,40 @@ async def test_a_user_name_cannot_forge_log_lines(
     user = re.search(r" user=(\S+) in=\d+ ", end)
     assert user is not None, end
     assert user.group(1).startswith("mallory\\r\\nINFO") or user.group(1).startswith("xxx")
+
+
+@pytest.mark.parametrize(
+    "login",
+    [
+        b"a LOGIN OnlyArgPassword",
+        b'a LOGIN "alice OnlyArgPassword"',
+        b"a LOGIN x OnlyArgPassword y",
+    ],
+    ids=["one-argument", "one-quoted-argument", "three-arguments"],
+)
+async def test_a_malformed_login_gives_no_user_even_if_the_server_accepts_it(
+    caplog: pytest.LogCaptureFixture, login: bytes
+) -> None:
+    """A LOGIN with one argument is a password alone: were it taken for the user name, a
+    server that accepts it would put the password in the log."""
+    caplog.set_level(logging.INFO, logger="imapproxy")
+    with trio.fail_after(20):
+        async with fake_server(_fake_login_server(b"bye")) as fake:
+            config = ProxyConfig(
+                listeners=(ListenerConfig(Endpoint("127.0.0.1", 0), implicit_tls=False),),
+                upstream=UpstreamConfig(Endpoint("127.0.0.1", fake.port)),
+            )
+            async with running_proxy(config) as (_, addrs):
+                client = await ImapClient.connect(*addrs[0])
+                await client.read_response()
+                responses = await client.command(b"a", login.split(b" ", 1)[1])
+                assert status_of(responses[-1]) == b"OK"  # this server accepts anything
+                await client.command(b"b", b"LOGOUT")
+                await client.aclose()
+                messages = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+                _sid, end = await wait_session_end(messages, client.local_port)
+            assert not fake.errors()
+            conn = await fake.connection(0)
+            assert any(c.startswith(login) for c in conn.commands)
+    assert " user=- " in end
+    assert "OnlyArgPassword" not in caplog.text
