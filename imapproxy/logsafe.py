@@ -52,23 +52,28 @@ def _escape_char(ch: str) -> str:
 def safe(value: object, limit: int = MAX_LOGGED, *, spaces: bool = True) -> str:
     """A peer-supplied value (``str``, ``bytes`` or anything with a ``str()``) for a log
     line: one line, no control or formatting characters (C0/C1 controls, DEL, line and
-    paragraph separators, bidi overrides), at most ``limit`` characters plus a marker that
-    says how much was left out.  Printable non-ASCII text (a user name like ``jörg``) is
-    kept as it is.  With ``spaces=False`` a space is escaped too (``\\x20``), for a value in
-    a ``key=value`` list that must stay one field (``user=bob reason=logout`` as a name)."""
+    paragraph separators, bidi overrides), at most ``limit`` characters, then a marker that
+    says how many were left out (``...(+N)``).  Printable non-ASCII text (a user name like
+    ``jörg``) is kept as it is; bytes are shown as :func:`printable` shows them.  With
+    ``spaces=False`` a space is escaped too (``\\x20``), for a value in a ``key=value``
+    list that must stay one field (``user=bob reason=logout`` as a name)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value[: limit + 1])  # escape only what can be shown
         total = len(value)
-        text = printable(bytes(value[: limit + 1]))
+        chars = [chr(b) if 0x20 <= b <= 0x7E else printable(bytes((b,))) for b in data]
     else:
-        raw = value if isinstance(value, str) else str(value)
-        total = len(raw)
-        head = raw[: limit + 1]  # escape only what can be shown
-        if head.isprintable():
-            text = head
-        else:
-            text = "".join(ch if ch.isprintable() else _escape_char(ch) for ch in head)
+        text = value if isinstance(value, str) else str(value)
+        if len(text) <= limit and text.isprintable() and (spaces or " " not in text):
+            return text  # the common case: nothing to escape
+        total = len(text)
+        chars = [ch if ch.isprintable() else _escape_char(ch) for ch in text[: limit + 1]]
     if not spaces:
-        text = text.replace(" ", "\\x20")
-    if total <= limit and len(text) <= limit:
-        return text
-    return f"{text[:limit]}...(+{total - limit})"
+        chars = ["\\x20" if ch == " " else ch for ch in chars]
+    out: list[str] = []
+    size = 0
+    for shown, piece in enumerate(chars):
+        size += len(piece)
+        if size > limit:
+            return "".join(out) + f"...(+{total - shown})"
+        out.append(piece)
+    return "".join(out)

@@ -31,12 +31,23 @@ def test_spaces_escaped_for_key_value_fields() -> None:
     assert " " not in safe("x" * 1000 + " y", spaces=False)
 
 
-@pytest.mark.parametrize("value", ["u" * 1_000_000, b"u" * 1_000_000, "\x1b" * 1_000_000])
-def test_safe_cuts_long_values(value: str | bytes) -> None:
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("u" * 1_000_000, MAX_LOGGED), (b"u" * 1_000_000, MAX_LOGGED), ("\x1b" * 1_000_000, 50)],
+)
+def test_safe_cuts_long_values(value: str | bytes, shown: int) -> None:
     text = safe(value)
     assert len(text) < MAX_LOGGED + 20
-    assert text.endswith(f"...(+{1_000_000 - MAX_LOGGED})")
+    assert text.endswith(f"...(+{1_000_000 - shown})")
 
 
 def test_printable_matches_the_transcript_convention() -> None:
     assert printable(b"\\Seen \r\n\x00\x80") == "\\Seen \\r\\n\\x00\\x80"
+
+
+def test_escaping_counts_against_the_limit() -> None:
+    text = safe("\x1b" * 100, limit=40)
+    assert text == "\\x1b" * 10 + "...(+90)"
+    assert safe(b"\xff" * 10, limit=8) == "\\xff\\xff...(+8)"
+    assert safe("abc", limit=3) == "abc"
+    assert safe("abcd", limit=3) == "abc...(+1)"
