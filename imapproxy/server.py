@@ -20,6 +20,7 @@ import trio
 
 from .busypoll import BusyPoll
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
+from .logsafe import MAX_DETAIL, safe
 from .session import Session, Tap
 from .tls import server_context, upstream_context
 from .transport import SocketStream
@@ -115,7 +116,7 @@ class Proxy:
             try:
                 stream = await listener.accept()
             except OSError as exc:  # e.g. EMFILE: keep serving the others
-                log.error("accept failed on %s: %s", lc.name, exc)
+                log.error("accept failed on %s: %s", safe(lc.name), safe(exc, MAX_DETAIL))
                 await trio.sleep(0.1)
                 continue
             handlers.start_soon(self._handle, lc, stream)
@@ -136,7 +137,7 @@ class Proxy:
             refusal = "too many sessions from your address"
         sid = f"{self._prefix}-{next(self._ids)}"
         if refusal is not None:
-            log.warning("session %s refused peer=%s: %s", sid, peer, refusal)
+            log.warning("session %s refused peer=%s: %s", sid, safe(peer, spaces=False), refusal)
             await self._refuse(lc, stream, refusal)
             return
         session = Session(

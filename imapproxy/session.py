@@ -53,6 +53,7 @@ import trio
 from .busypoll import BusyPoll
 from .capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
+from .logsafe import MAX_DETAIL, safe
 from .transport import SocketStream, TlsStream
 from .wire import (
     NEED_DATA,
@@ -178,16 +179,16 @@ class Session:
                 "session %s end peer=%s listener=%s tls=%s user=%s in=%d out=%d "
                 "starttls_discarded=%d duration=%.3fs reason=%s detail=%s",
                 self.id,
-                self.peer,
-                self.listener.name,
+                safe(self.peer, spaces=False),
+                safe(self.listener.name, spaces=False),
                 self.client_tls or "none",
-                self.user or "-",
+                safe(self.user or "-", spaces=False),
                 self.stats.bytes_from_client,
                 self.stats.bytes_from_upstream,
                 self.stats.starttls_injected,
                 time.monotonic() - started,
                 end.reason,
-                end.detail,
+                safe(end.detail, MAX_DETAIL),
             )
             for tap in self.taps:
                 tap.note(self.id, f"session end: {end.reason} ({end.detail})")
@@ -673,7 +674,7 @@ class Session:
         user = self._pending_users.pop(tag, None)
         if user is not None and frame.name == "OK":
             self.user = user
-            log.info("session %s: authenticated as %s", self.id, user)
+            log.info("session %s: authenticated as %s", self.id, safe(user))
         self._touch()
 
     # ------------------------------------------------------------ local answers
@@ -838,7 +839,8 @@ class Session:
                 args = parse_command(raw, self.config.limits).args
             except ProtocolError:
                 return
-            user = string_value(args[0]) if args else None
+            # a LOGIN with one argument (its password) or three is malformed: no user
+            user = string_value(args[0]) if len(args) == 2 else None
             if user is not None:
                 self._pending_users[tag] = user.decode("utf-8", "replace")
             return

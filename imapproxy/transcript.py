@@ -1,7 +1,9 @@
 """Human-readable, redacted rendering of frames for logs and live transcripts.
 
-Credentials never appear: LOGIN passwords, AUTHENTICATE initial responses and SASL data
-lines are replaced by ``***``.  Literal payloads are summarised, long lines are cut.
+Credentials never appear: what the decoder marks ``sensitive`` (every form of LOGIN and
+AUTHENTICATE, SASL data lines, and whatever a client sends after a login attempt until its
+next well-formed command) is replaced by ``***``; see :func:`redacted`.  Literal payloads
+are summarised, long lines are cut.
 """
 
 from __future__ import annotations
@@ -10,56 +12,73 @@ import re
 import time
 from typing import TextIO
 
+from .logsafe import printable, safe
 from .wire.events import Frame, FrameKind, LiteralChunk
 from .wire.parser import parse_command
 from .wire.tokens import string_value
 
 MAX_SHOWN = 300  # characters of one frame shown in a transcript line
-_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
-# tag, AUTHENTICATE and a mechanism name made of SASL name characters only (RFC 4422):
-# anything else after it (an initial response, however separated) is shown as ***
-_AUTH_HEAD = re.compile(rb"([!-~]+ AUTHENTICATE [A-Z0-9_-]{1,20})", re.IGNORECASE)
-
-
-def _printable(data: bytes) -> str:
-    def esc(m: re.Match[bytes]) -> bytes:
-        c = m.group()
-        if c == b"\r":
-            return b"\\r"
-        if c == b"\n":
-            return b"\\n"
-        return b"\\x%02x" % c[0]
-
-    return _UNPRINTABLE.sub(esc, data).decode("ascii")
+# SASL mechanisms whose name may be shown (RFC 4422 registry, common ones).  Anything else
+# in the mechanism's place (a client that put its base64 response there) is shown as ***.
+_MECHANISMS = frozenset(
+    {
+        "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "CRAM-MD5", "DIGEST-MD5", "EXTERNAL",
+        "ANONYMOUS", "GSSAPI", "GS2-KRB5", "NTLM", "OTP", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512", "SCRAM-SHA-512-PLUS",
+    }
+)  # fmt: skip
+# tag SP AUTHENTICATE SP mechanism, then the line end or whitespace (an initial response)
+_AUTH_HEAD = re.compile(rb"([!-~]+) (AUTHENTICATE) ([!-~]{1,20})(?=[\s]|\Z)", re.IGNORECASE)
 
 
 def redacted(frame: Frame) -> str:
-    """The frame's text with secrets replaced and literals summarised (no CRLF)."""
+    """The frame's text with secrets replaced and literals summarised (no CRLF).
+
+    A frame the decoder marked ``sensitive`` is never shown as it is: only the tag and the
+    command name of a well-formed LOGIN or AUTHENTICATE, the user of a well-formed LOGIN
+    with two arguments, the name of a known SASL mechanism.  Anything else sensitive (a
+    SASL line, a malformed LOGIN, whatever the client sent after a refused login) is
+    ``***`` wholesale.
+    """
     raw = frame.raw
     if frame.sensitive:
-        if frame.kind is FrameKind.AUTH_DATA:
-            return "***"
-        if frame.name == "AUTHENTICATE":
-            m = _AUTH_HEAD.match(raw)
-            if m is None:
-                return f"{_printable(frame.tag or b'?')} AUTHENTICATE ***"
-            rest = raw[m.end() :].strip()
-            return m.group(1).decode("ascii") + (" ***" if rest else "")
-        if frame.name == "LOGIN":
-            if frame.first and frame.final:
-                try:
-                    cmd = parse_command(raw)
-                    user = string_value(cmd.args[0]) if cmd.args else None
-                except Exception:
-                    user = None
-                shown = _printable(user or b"?")
-                return f"{_printable(frame.tag or b'?')} LOGIN {shown} ***"
-            return f"{_printable(frame.tag or b'?')} LOGIN *** (part)"
-        return "***"
-    text = _printable(raw.rstrip(b"\r\n"))
+        text = _redacted_sensitive(frame)
+        return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+    text = printable(raw.rstrip(b"\r\n"))
     if len(text) > MAX_SHOWN:
         text = text[:MAX_SHOWN] + f"...(+{len(raw) - MAX_SHOWN} bytes)"
     return text
+
+
+def _redacted_sensitive(frame: Frame) -> str:
+    if frame.kind is FrameKind.AUTH_DATA:
+        return "***"
+    if frame.kind is not FrameKind.COMMAND or frame.name not in ("LOGIN", "AUTHENTICATE"):
+        return "*** (not shown: may hold credentials)"
+    tag = printable(frame.tag or b"?")
+    if not frame.first:
+        return f"{tag} {frame.name} *** (part)"
+    raw = frame.raw
+    if frame.name == "AUTHENTICATE":
+        m = _AUTH_HEAD.match(raw)
+        if m is None or m.group(3).upper().decode("ascii") not in _MECHANISMS:
+            return f"{tag} AUTHENTICATE ***"
+        head = b" ".join(m.groups()).decode("ascii")
+        more = bool(raw[m.end() :].strip()) or not frame.final
+        return head + (" ***" if more else "")
+    # LOGIN
+    if not frame.final:
+        return f"{tag} LOGIN *** (part)"
+    try:
+        cmd = parse_command(raw)
+    except Exception:
+        return f"{tag} LOGIN ***"
+    if len(cmd.args) != 2 or cmd.name != "LOGIN":
+        return f"{tag} LOGIN ***"
+    user = string_value(cmd.args[0])
+    if user is None:
+        return f"{tag} LOGIN ***"
+    return f"{tag} LOGIN {printable(user)} ***"
 
 
 class TranscriptWriter:
@@ -89,7 +108,7 @@ class TranscriptWriter:
             self._line(session_id, f"{arrow} <end of streamed literal>")
 
     def note(self, session_id: str, text: str) -> None:
-        self._line(session_id, f"-- {text}")
+        self._line(session_id, f"-- {safe(text, MAX_SHOWN)}")
 
     def session_closed(self, session_id: str) -> None:
         for key in [k for k in self._started if k[0] == session_id]:

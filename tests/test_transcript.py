@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import pytest
 
+from imapproxy.logsafe import printable
 from imapproxy.transcript import TranscriptWriter, redacted
-from imapproxy.wire import Decoder, Frame, Side
+from imapproxy.wire import Decoder, Frame, LiteralChunk, Side
+from tests.wire.test_secrets import EXCHANGES, REFUSALS, Exchange, Refusal, relay_like, run_exchange
 
 
 def _frame(line: bytes) -> Frame:
@@ -47,3 +50,89 @@ def test_writer_shows_latency_and_no_password() -> None:
     assert "alicepw" not in text
     assert "C: a LOGIN alice ***" in text
     assert "S: a OK done  (" in text and " ms)" in text
+
+
+# ------------------------------------------------------------------ the secrets battery
+
+
+def _transcript_of(events: list[Frame | LiteralChunk]) -> str:
+    out = io.StringIO()
+    writer = TranscriptWriter(out)
+    for event in events:
+        if isinstance(event, Frame):
+            writer.frame("s1", event, to_upstream=True)
+        else:
+            writer.chunk("s1", event, to_upstream=True)
+    return out.getvalue()
+
+
+def _forms(needle: str) -> set[str]:
+    """The needle and the ways the transcript could spell it (escaped, decoded base64)."""
+    forms = {needle, printable(needle.encode())}
+    try:
+        decoded = base64.b64decode(needle, validate=True)
+    except ValueError:
+        return forms
+    return forms | {printable(decoded)}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS, ids=lambda r: r.name)
+def test_transcript_never_shows_what_follows_a_refused_login(refusal: Refusal) -> None:
+    events = relay_like(refusal)
+    text = _transcript_of(events)
+    for needle in refusal.needles:
+        for form in _forms(needle):
+            assert form not in text, f"{form!r} in the transcript:\n{text}"
+    for line in refusal.shown:  # the zone of credentials ends: the next command is shown
+        assert f"C: {line.decode().strip()}\n" in text
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES, ids=lambda e: e.name)
+def test_transcript_never_shows_a_credential(exchange: Exchange) -> None:
+    text = _transcript_of(run_exchange(exchange))
+    assert "C: a1 " in text
+    for needle in exchange.needles:
+        for form in _forms(needle):
+            assert form not in text, f"{form!r} in the transcript:\n{text}"
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        # the user is shown only for a well-formed LOGIN with two arguments
+        (b"a LOGIN OnlyArgPassword\r\n", "a LOGIN ***"),
+        (b'a LOGIN "alice pw"\r\n', "a LOGIN ***"),
+        (b"a LOGIN alice pw extra\r\n", "a LOGIN ***"),
+        (b"a LOGIN alice {2+}\r\npw\r\n", "a LOGIN alice ***"),
+        (b"a LOGIN {5+}\r\nalice pw\r\n", "a LOGIN alice ***"),
+        (b"a LOGIN alice\r\n", "a LOGIN ***"),
+        (b"a LOGIN\r\n", "a LOGIN ***"),
+        # other forms: nothing of them
+        (b"a UID LOGIN alice pw\r\n", "*** (not shown: may hold credentials)"),
+        (b"LOGIN OnlyArgPassword\r\n", "*** (not shown: may hold credentials)"),
+        (b'a LOGIN"alice" pw\r\n', "*** (not shown: may hold credentials)"),
+        (b"a XLOGIN alice pw\r\n", "*** (not shown: may hold credentials)"),
+        # a SASL mechanism is shown only if it is a known one
+        (b"a AUTHENTICATE AGFsaWNlAGFsaWNlcHc=\r\n", "a AUTHENTICATE ***"),
+        (b"a AUTHENTICATE AGFsaWNlAGFsaWNl\r\n", "a AUTHENTICATE ***"),
+        (b"a AUTHENTICATE SCRAM-SHA-256\r\n", "a AUTHENTICATE SCRAM-SHA-256"),
+        (b"a AUTHENTICATE PLAIN =\r\n", "a AUTHENTICATE PLAIN ***"),
+        (b"a AUTHENTICATE PLAIN {20+}\r\nAGFsaWNlAGFsaWNlcHc=\r\n", "a AUTHENTICATE PLAIN ***"),
+    ],
+)
+def test_malformed_logins_show_no_argument(line: bytes, shown: str) -> None:
+    assert redacted(_frame(line)) == shown
+
+
+def test_a_long_user_name_is_cut() -> None:
+    user = b"u" * 5000
+    text = redacted(_frame(b"a LOGIN " + user + b" pw\r\n"))
+    assert text.startswith("a LOGIN uuu") and len(text) < 400
+
+
+def test_notes_are_one_line() -> None:
+    out = io.StringIO()
+    TranscriptWriter(out).note("s1", "session end: logout (BYE \r\nforged\x1b[31m)")
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text
+    assert "BYE \\r\\nforged\\x1b[31m" in text

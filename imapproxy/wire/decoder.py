@@ -55,6 +55,7 @@ from __future__ import annotations
 import enum
 import re
 
+from .commands import CREDENTIAL_COMMANDS, KNOWN_COMMANDS, UID_COMMANDS
 from .errors import LimitExceeded, ProtocolError, Side, bye, tagged
 from .events import (
     NEED_DATA,
@@ -102,7 +103,8 @@ _KNOWN_NAMES = {
     for spelt in (name, name.lower(), name.capitalize())
 }
 _COMPLETION_NAMES = frozenset({"OK", "NO", "BAD"})
-_SENSITIVE_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
+# A line that is no well-formed command but names one of these is redacted wholesale.
+_CREDENTIAL_WORD = re.compile(rb"LOGIN|AUTHENTICATE", re.IGNORECASE)
 # Compaction threshold: consumed bytes are dropped from the buffer once this many pile up.
 _COMPACT_AT = 256 * 1024
 
@@ -175,6 +177,10 @@ class Decoder:
         self._name = ""
         self._number: int | None = None
         self._sensitive = False
+        # Client side: a LOGIN/AUTHENTICATE began and no well-formed command has begun
+        # since; until one does, every line is treated as a credential (see
+        # _not_a_command), so a password sent after a refusal is never shown.
+        self._after_credentials = False
         self._stream_remaining = 0
         self._part_nonsync = False  # the current part holds a {n+} literal
         self._direct: bytes | None = None  # literal bytes received while streaming
@@ -477,18 +483,28 @@ class Decoder:
             if m is None:
                 self._tag = _first_word(buf, start, end)
                 self._name = ""
+                self._not_a_command(start, end)
                 return
             tag, raw_name = m.groups()
             self._tag = tag
             name = _KNOWN_NAMES.get(raw_name)
             if name is None:
                 name = raw_name.decode("ascii", "replace").upper()
+            known = name in KNOWN_COMMANDS
             if name == "UID":
                 m2 = _UID_NEXT.match(buf, m.end(), end)
+                known = False
                 if m2 is not None:
-                    name = "UID " + m2.group(1).decode("ascii", "replace").upper()
+                    sub = m2.group(1).decode("ascii", "replace").upper()
+                    name = "UID " + sub
+                    known = sub in UID_COMMANDS
             self._name = name
-            self._sensitive = name in _SENSITIVE_COMMANDS
+            if name in CREDENTIAL_COMMANDS:
+                self._sensitive = self._after_credentials = True
+            elif known:
+                self._after_credentials = False  # the client sends commands again
+            else:
+                self._not_a_command(start, end)
             return
         # server side
         if buf[start] == 43:  # "+"
@@ -524,6 +540,15 @@ class Decoder:
             else:
                 self._kind = FrameKind.DATA  # malformed; the parser will say so
         self._greeting_pending = False
+
+    def _not_a_command(self, start: int, end: int) -> None:
+        """The client's line (start..end) is no well-formed command (no tag and known name):
+        it is a credential if a LOGIN/AUTHENTICATE came before it with no well-formed
+        command since, whatever happened to that exchange (refused by the relay or the
+        server, the password sent anyway), or if it names LOGIN/AUTHENTICATE at all
+        (``UID LOGIN``, a glued or misspelt head)."""
+        if self._after_credentials or _CREDENTIAL_WORD.search(self._buf, start, end):
+            self._sensitive = self._after_credentials = True
 
     def _literal_at(self, line_start: int, text_end: int) -> LiteralSpec | None:
         buf = self._buf

@@ -451,3 +451,242 @@ def test_secret_cannot_be_copied_into_plaintext() -> None:
     """copy/deepcopy go through the same reduce protocol as pickle."""
     with pytest.raises(TypeError):
         copy.deepcopy(Secret(b"hunter2"))
+
+
+# ------------------------------------------------------------------ refused logins
+#
+# A client whose LOGIN or AUTHENTICATE is refused (by the relay: tag in use, TLS required;
+# or by the server, before it asked for more) may send its password or SASL response
+# anyway.  The decoder then reads those bytes as a new "command"; it must still mark them
+# sensitive, up to the client's next well-formed command, which must not be.
+
+ALICE_PLAIN = b64(b"\0alice\0alicepw")  # AGFsaWNlAGFsaWNlcHc=, as Dovecot would accept it
+ALICE_NEEDLES = ("alicepw", ALICE_PLAIN, ALICE_PLAIN[:16], b64(b"alicepw"), b64(b"alicepw")[:8])
+READY = S("* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN AUTH=LOGIN] ready\r\n")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Steps (as in Exchange); ``require_tls``: the relay refuses every LOGIN and
+    AUTHENTICATE itself (NO [PRIVACYREQUIRED]); ``shown``: raw client lines that must
+    stay visible (the zone of credentials ends there)."""
+
+    name: str
+    steps: tuple[tuple[Side, bytes], ...]
+    require_tls: bool = False
+    shown: tuple[bytes, ...] = (b"y NOOP\r\n",)
+    needles: tuple[str, ...] = ALICE_NEEDLES
+    reaches_frames: bool = True  # False: the decoder consumes the secret (refused {n+})
+
+
+REFUSALS = [
+    Refusal(
+        "tag-in-use-authenticate",
+        (READY, C(f"x NOOP\r\nx AUTHENTICATE PLAIN\r\n{ALICE_PLAIN}\r\ny NOOP\r\n")),
+    ),
+    Refusal(
+        "tag-in-use-authenticate-sasl-ir",
+        (READY, C(f"x NOOP\r\nx AUTHENTICATE PLAIN {ALICE_PLAIN}\r\ny NOOP\r\n")),
+    ),
+    Refusal(
+        "tag-in-use-login-literal",
+        (READY, C("x NOOP\r\nx LOGIN alice {7}\r\nalicepw\r\ny NOOP\r\n")),
+    ),
+    Refusal(
+        "tag-in-use-login-literal-plus",
+        (READY, C("x NOOP\r\nx LOGIN alice {7+}\r\nalicepw\r\ny NOOP\r\n")),
+        reaches_frames=False,
+    ),
+    Refusal(
+        "require-tls-authenticate",
+        (READY, C(f"a AUTHENTICATE PLAIN\r\n{ALICE_PLAIN}\r\ny NOOP\r\n")),
+        require_tls=True,
+    ),
+    Refusal(
+        "require-tls-authenticate-login",
+        (READY, C(f"a AUTHENTICATE LOGIN\r\n{b64(b'alice')}\r\n{b64(b'alicepw')}\r\ny NOOP\r\n")),
+        require_tls=True,
+    ),
+    Refusal(
+        "require-tls-login-literal",
+        (READY, C("a LOGIN alice {7}\r\n"), C("alicepw\r\n"), C("y NOOP\r\n")),
+        require_tls=True,
+    ),
+    Refusal(
+        "require-tls-login-user-literal",
+        (READY, C("a LOGIN {5}\r\nalice {7}\r\nalicepw\r\ny NOOP\r\n")),
+        require_tls=True,
+    ),
+    Refusal(
+        "require-tls-login-atom",
+        (READY, C("a LOGIN alice alicepw\r\ny NOOP\r\n")),
+        require_tls=True,
+    ),
+    Refusal(
+        "server-refuses-login-literal",
+        (
+            READY,
+            C("a LOGIN alice {7}\r\n"),
+            S("a NO [CANNOT] not now\r\n"),
+            C("alicepw\r\n"),
+            C("y NOOP\r\n"),
+        ),
+    ),
+    Refusal(
+        "server-refuses-authenticate",
+        (
+            READY,
+            C(f"a AUTHENTICATE PLAIN\r\n{ALICE_PLAIN}\r\n"),
+            S("a NO [CANNOT] no\r\n"),
+            C("y NOOP\r\n"),
+        ),
+    ),
+    Refusal(
+        "authenticate-cancelled-then-sent-anyway",
+        (
+            READY,
+            C("a AUTHENTICATE PLAIN\r\n"),
+            S("+ \r\n"),
+            C("*\r\n"),
+            S("a BAD cancelled\r\n"),
+            C(f"{ALICE_PLAIN}\r\ny NOOP\r\n"),
+        ),
+    ),
+    Refusal(
+        "password-looks-like-tag-and-name",
+        (READY, C("a LOGIN alice {14}\r\n"), S("a NO no\r\n"), C("alice alicepw!\r\ny NOOP\r\n")),
+    ),
+    Refusal("login-one-argument", (READY, C("a LOGIN alicepw\r\ny NOOP\r\n"))),
+    Refusal("login-one-quoted-argument", (READY, C('a LOGIN "alice alicepw"\r\ny NOOP\r\n'))),
+    Refusal("login-three-arguments", (READY, C("a LOGIN alice alicepw x\r\ny NOOP\r\n"))),
+    Refusal("uid-login", (READY, C("a UID LOGIN alice alicepw\r\ny NOOP\r\n"))),
+    Refusal("uid-authenticate", (READY, C(f"a uid authenticate {ALICE_PLAIN}\r\ny NOOP\r\n"))),
+    Refusal("tagless-login", (READY, C("LOGIN alicepw\r\ny NOOP\r\n"))),
+    Refusal("glued-login", (READY, C('a LOGIN"alice" alicepw\r\ny NOOP\r\n'))),
+    Refusal("tab-login", (READY, C("a\tLOGIN alice alicepw\r\ny NOOP\r\n"))),
+    Refusal("misspelt-login", (READY, C("a XLOGIN alice alicepw\r\ny NOOP\r\n"))),
+    Refusal("lower-case-login", (READY, C("a login alice alicepw\r\ny NOOP\r\n"))),
+    Refusal(
+        "literal-parts-of-login",
+        (
+            READY,
+            C("a LOGIN {5+}\r\nalice {7+}\r\nalicepw\r\n"),
+            S("+ go\r\n"),
+            S("+ go\r\n"),
+            S("a OK\r\n"),
+            C("y NOOP\r\n"),
+        ),
+    ),
+]
+
+
+def relay_like(refusal: Refusal) -> list[Frame | LiteralChunk]:
+    """Replay the steps through a Conversation driven as the relay drives it: a command
+    with a malformed head or a reused tag is refused (``refused()``), LOGIN and
+    AUTHENTICATE are answered NO when TLS is required first."""
+    conversation = Conversation(nonsync_as_sync=True)
+    events: list[Frame | LiteralChunk] = []
+
+    def drain() -> None:
+        progress = True
+        while progress:
+            progress = False
+            while not isinstance(conversation.next_server_event(), Wait):
+                progress = True
+            while not isinstance(event := conversation.next_client_event(), Wait):
+                assert isinstance(event, (Frame, LiteralChunk))
+                events.append(event)
+                progress = True
+                if not isinstance(event, Frame) or event.kind is not FrameKind.COMMAND:
+                    continue
+                if event.first and (not event.name or conversation.tag_in_use):
+                    conversation.client.refused()
+                elif (
+                    event.first
+                    and refusal.require_tls
+                    and event.name in ("LOGIN", "AUTHENTICATE")
+                    and event.tag is not None
+                ):
+                    conversation.pending.pop(event.tag, None)
+                    conversation.client.completed(event.tag, "NO")
+
+    for side, data in refusal.steps:
+        if side is Side.CLIENT:
+            conversation.receive_client(data)
+        else:
+            conversation.receive_server(data)
+        drain()
+    return events
+
+
+@pytest.mark.parametrize("refusal", REFUSALS, ids=lambda r: r.name)
+def test_what_follows_a_refused_login_is_sensitive(refusal: Refusal) -> None:
+    events = relay_like(refusal)
+    frames = [e for e in events if isinstance(e, Frame)]
+    for frame in frames:
+        holds = any(n.encode() in frame.raw for n in refusal.needles)
+        if holds:
+            assert frame.sensitive, f"{frame!r} holds a credential and is not sensitive"
+    # ... and the zone ends at the next well-formed command
+    for line in refusal.shown:
+        shown = [f for f in frames if f.raw == line]
+        assert shown, f"{line!r} never came out as a frame"
+        assert not any(f.sensitive for f in shown), f"{line!r} is marked sensitive"
+    reached = any(n.encode() in f.raw for f in frames for n in refusal.needles)
+    assert reached is refusal.reaches_frames
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"a LOGIN alice pw\r\n",
+        b"a login alice pw\r\n",
+        b"a LOGIN alicepw\r\n",
+        b"a UID LOGIN alice pw\r\n",
+        b"a uid Login alice pw\r\n",
+        b"a UID authenticate PLAIN\r\n",
+        b"LOGIN alicepw\r\n",
+        b'a LOGIN"alice" pw\r\n',
+        b"a LOGIN(alice) pw\r\n",
+        b"a  LOGIN alice pw\r\n",
+        b"a\tLOGIN alice pw\r\n",
+        b"a]b LOGIN alice pw\r\n",
+        b"a XLOGIN alice pw\r\n",
+        b"a LOGINX alice pw\r\n",
+        b"a authenticate-plain AGFsaWNl\r\n",
+        b"a AUTHENTICATE\r\n",
+        b"a LOGIN {5}\r\n",
+    ],
+)
+def test_every_form_of_login_and_authenticate_is_sensitive(line: bytes) -> None:
+    conversation = Conversation()
+    conversation.receive_client(line)
+    frame = conversation.next_client_event()
+    assert isinstance(frame, Frame)
+    assert frame.sensitive
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"y NOOP\r\n",
+        b"y uid fetch 1 (FLAGS)\r\n",
+        b"y SELECT login\r\n",  # a mailbox may be called so
+        b"y SEARCH SUBJECT authenticate\r\n",
+        b"y ID NIL\r\n",
+    ],
+)
+def test_a_well_formed_command_after_a_login_is_not_sensitive(line: bytes) -> None:
+    conversation = Conversation()
+    conversation.receive_server(b"* OK ready\r\n")
+    conversation.next_server_event()
+    conversation.receive_client(b"a LOGIN alice alicepw\r\n")
+    assert isinstance(conversation.next_client_event(), Frame)
+    conversation.receive_server(b"a OK done\r\n")
+    conversation.next_server_event()
+    conversation.receive_client(b"garbage after it\r\n" + line)
+    garbage = conversation.next_client_event()
+    assert isinstance(garbage, Frame) and garbage.sensitive
+    frame = conversation.next_client_event()
+    assert isinstance(frame, Frame) and frame.raw == line
+    assert not frame.sensitive
