@@ -13,20 +13,12 @@ import time
 from typing import TextIO
 
 from .logsafe import printable, safe
+from .wire.commands import SASL_MECHANISMS
 from .wire.events import Frame, FrameKind, LiteralChunk
 from .wire.parser import parse_command
 from .wire.tokens import string_value
 
 MAX_SHOWN = 300  # characters of one frame shown in a transcript line
-# SASL mechanisms whose name may be shown (RFC 4422 registry, common ones).  Anything else
-# in the mechanism's place (a client that put its base64 response there) is shown as ***.
-_MECHANISMS = frozenset(
-    {
-        "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "CRAM-MD5", "DIGEST-MD5", "EXTERNAL",
-        "ANONYMOUS", "GSSAPI", "GS2-KRB5", "NTLM", "OTP", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
-        "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512", "SCRAM-SHA-512-PLUS",
-    }
-)  # fmt: skip
 # tag SP AUTHENTICATE SP mechanism, then the line end or whitespace (an initial response)
 _AUTH_HEAD = re.compile(rb"([!-~]+) (AUTHENTICATE) ([!-~]{1,20})(?=[\s]|\Z)", re.IGNORECASE)
 
@@ -61,7 +53,7 @@ def _redacted_sensitive(frame: Frame) -> str:
     raw = frame.raw
     if frame.name == "AUTHENTICATE":
         m = _AUTH_HEAD.match(raw)
-        if m is None or m.group(3).upper().decode("ascii") not in _MECHANISMS:
+        if m is None or m.group(3).upper().decode("ascii") not in SASL_MECHANISMS:
             return f"{tag} AUTHENTICATE ***"
         head = b" ".join(m.groups()).decode("ascii")
         more = bool(raw[m.end() :].strip()) or not frame.final

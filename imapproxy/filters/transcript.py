@@ -38,12 +38,14 @@ just before it.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..logsafe import printable as _printable
+from ..logsafe import safe
+from ..wire.commands import CREDENTIAL_COMMANDS, SASL_MECHANISMS
 from ..wire.events import FrameKind
 from ..wire.tokens import string_value
 from .api import (
@@ -66,27 +68,15 @@ from .sink import Record, RecordSink
 
 SCHEMA_VERSION = 1
 MAX_TEXT = 300  # characters of a message shown
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def printable(data: bytes | str, limit: int = MAX_TEXT) -> str:
-    """Text fit for one log or transcript line: control and 8-bit characters escaped
-    (``\\r``, ``\\n``, ``\\x1b`` ...), cut at ``limit`` characters."""
-    text = data.decode("latin-1") if isinstance(data, bytes) else data
-    cut = len(text) > limit
-    if cut:
-        text = text[:limit]
-    text = _UNPRINTABLE.sub(_escape, text)
-    return text + f"...(+{len(data) - limit})" if cut else text
-
-
-def _escape(m: re.Match[str]) -> str:
-    c = m.group()
-    if c == "\r":
-        return "\\r"
-    if c == "\n":
-        return "\\n"
-    return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+    """Text fit for one transcript line: control and 8-bit characters escaped (``\\r``,
+    ``\\n``, ``\\x1b`` ...) as in the log, cut at ``limit`` characters."""
+    if isinstance(data, str):
+        return safe(data, limit)
+    text = _printable(data[:limit])
+    return text + f"...(+{len(data) - limit})" if len(data) > limit else text
 
 
 def render(raw: bytes, literals: tuple[LiteralInfo, ...], *, bodies: bool) -> str:
@@ -110,22 +100,27 @@ def render(raw: bytes, literals: tuple[LiteralInfo, ...], *, bodies: bool) -> st
 
 
 def redacted_command(cmd: CommandView, *, bodies: bool) -> str:
-    """How a command is shown: sensitive ones as tag, name and (for a well-formed LOGIN)
-    the user only."""
-    tag = printable(cmd.tag, 64)
+    """How a command is shown.  A sensitive one (the codec marks every form of LOGIN and
+    AUTHENTICATE, and what follows a login attempt until the next well-formed command) is
+    never shown as it is: only the tag and name of a well-formed LOGIN or AUTHENTICATE, the
+    user of a two-argument LOGIN, the name of a known SASL mechanism; anything else is
+    ``***`` wholesale."""
     if not cmd.sensitive:
         return render(cmd.raw, cmd.literals, bodies=bodies)
-    if cmd.name == "LOGIN" and not cmd.uid and len(cmd.args) == 2 and cmd.complete:
+    tag = printable(cmd.tag, 64)
+    if cmd.uid or cmd.name not in CREDENTIAL_COMMANDS:
+        return "*** (not shown: may hold credentials)"
+    if cmd.name == "AUTHENTICATE":
+        mech = string_value(cmd.args[0]) if cmd.args and not cmd.parse_error else None
+        if mech is None or mech.upper().decode("ascii", "replace") not in SASL_MECHANISMS:
+            return f"{tag} AUTHENTICATE ***"
+        more = len(cmd.args) > 1 or not cmd.complete
+        return f"{tag} AUTHENTICATE {mech.upper().decode()}" + (" ***" if more else "")
+    if len(cmd.args) == 2 and cmd.complete and not cmd.parse_error:
         user = string_value(cmd.args[0])
         if user is not None:
             return f"{tag} LOGIN {printable(user, 64)} ***"
-    if cmd.name == "AUTHENTICATE" and not cmd.uid and cmd.args:
-        mech = string_value(cmd.args[0])
-        if mech is not None and re.fullmatch(rb"[A-Za-z0-9_-]{1,20}", mech):
-            rest = " ***" if len(cmd.args) > 1 else ""
-            return f"{tag} AUTHENTICATE {mech.decode().upper()}{rest}"
-    name = printable(cmd.full_name, 40) if cmd.name in ("LOGIN", "AUTHENTICATE") else "?"
-    return f"{tag} {name} ***"
+    return f"{tag} LOGIN ***"
 
 
 def _iso(t: float) -> str:

@@ -38,3 +38,13 @@ UID_COMMANDS = frozenset({"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE",
 # Commands that carry credentials: every form of them (any case, under UID, with a name
 # glued to something, with any number of arguments) is redacted wholesale.
 CREDENTIAL_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
+
+# SASL mechanisms whose name may be shown (RFC 4422 registry, common ones).  Anything else
+# in the mechanism's place (a client that put its base64 response there) is shown as ***.
+SASL_MECHANISMS = frozenset(
+    {
+        "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "CRAM-MD5", "DIGEST-MD5", "EXTERNAL",
+        "ANONYMOUS", "GSSAPI", "GS2-KRB5", "NTLM", "OTP", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-512", "SCRAM-SHA-512-PLUS",
+    }
+)  # fmt: skip
