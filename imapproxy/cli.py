@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle timeout once authenticated (RFC 9051: at least 1800)",
     )
     run.add_argument(
+        "--login-timeout",
+        type=float,
+        default=_TIMEOUTS.login_timeout,
+        metavar="SECONDS",
+        help="end a session not logged in this long after connecting, whatever it sends "
+        "(the upstream's set-up time is not counted; default: %(default).0f)",
+    )
+    run.add_argument(
         "--answer-timeout",
         type=float,
         default=_TIMEOUTS.answer_timeout,
@@ -126,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         insecure=args.upstream_insecure,
         server_hostname=args.upstream_name,
     )
+    if not args.login_timeout > 0:  # also refuses NaN
+        raise ValueError(f"--login-timeout must be positive, not {args.login_timeout:g}")
     if args.idle_timeout < 1800:
         logging.getLogger("imapproxy").warning(
             "--idle-timeout %.0f is below the 30 minutes RFC 9051 §5.4 requires", args.idle_timeout
@@ -138,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         require_tls_for_login=args.require_tls_for_login,
         timeouts=Timeouts(
             idle_authenticated=args.idle_timeout,
+            login_timeout=args.login_timeout,
             answer_timeout=args.answer_timeout,
             shutdown_drain=args.shutdown_drain,
         ),

@@ -72,6 +72,14 @@ class Timeouts:
     upstream_greeting: float = 10.0
     # Before login a silent client is probably a scanner.
     idle_unauthenticated: float = 120.0
+    # From connect to authenticated (the server accepted LOGIN/AUTHENTICATE, or greeted
+    # with PREAUTH): a deadline that no byte moves, so a client cannot hold a connection,
+    # and the upstream connection behind it, without logging in by trickling bytes (the
+    # same idea as nginx mail's ``timeout``).  The upstream's own set-up time is not
+    # counted (it has its own timeouts above); the client's TLS handshake and STARTTLS
+    # are.  60 s leaves room for a slow client and for a server's delay after failed
+    # logins (Dovecot's auth_failure_delay: 2 s, growing to 15 s).
+    login_timeout: float = 60.0
     # RFC 9051 §5.4: at least 30 minutes once authenticated; IDLE clients re-issue IDLE
     # at least every 29 minutes, which counts as activity.
     idle_authenticated: float = 31 * 60.0

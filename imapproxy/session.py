@@ -34,6 +34,37 @@ Theory of operation
   write per read, not one per frame.
 * Either pump ending (EOF, error, LOGOUT) cancels the nursery; ``finally`` closes both
   streams.  Nothing that happens here can reach another session or the listener.
+
+Timers
+------
+One timer runs at a time, and it belongs to the side that owes the next bytes:
+
+* the **client** owes them when no command is in progress, or when it is in the middle of
+  a message: inside a line, sending a literal the server let come (or a ``{n+}`` one), or
+  a SASL line the server asked for.  Then the idle timeout runs (``idle_unauthenticated``
+  or ``idle_authenticated``), and only the client's *progress* moves it: a frame or a
+  literal chunk out of the client decoder, not the raw bytes of a line that never ends.
+  (So an inline literal, up to ``inline_literal_bytes``, counts once it is complete.)
+* the **server** owes them when a command is in progress, the client owes nothing (it
+  waits for a ``+`` or a tagged answer) and it is not inside IDLE.  Then the answer
+  timeout runs, and the server's data moves it.  (A client waiting for an answer is not
+  idle: RFC 9051 section 5.4 is about a client that sends nothing; one that gives up
+  closes its connection, which the client pump still sees.)
+* The timer changes hands whenever that state changes, and the new one starts then: time
+  spent waiting for the other side is never charged.
+* Besides, the **login deadline** (``login_timeout``) runs from connect until the session
+  is authenticated (a tagged OK to LOGIN/AUTHENTICATE, or a PREAUTH greeting), and no byte
+  moves it.  It covers the client's TLS handshake, STARTTLS and the whole pre-login
+  relay; the upstream's set-up does not count (it has its own timeouts).
+
+Deadlines are moved coarsely (at most every tenth of the timeout): this runs once per read.
+
+End reasons
+-----------
+Every session ends with one reason from ``END_REASONS`` (a closed set, fit for metric
+labels; the end line's ``detail`` says more).  Timeouts name the side that stalled:
+``idle_timeout`` / ``client_stalled`` / ``login_timeout`` are the client's,
+``upstream_stalled`` the server's.
 """
 
 from __future__ import annotations
@@ -88,6 +119,39 @@ class Tap(Protocol):
     def note(self, session_id: str, text: str) -> None: ...
 
     def session_closed(self, session_id: str) -> None: ...
+
+
+END_REASONS: dict[str, str] = {
+    # the client
+    "logout": "the client's LOGOUT was answered",
+    "client_closed": "the client closed or broke the connection",
+    "client_protocol_error": "the client broke the protocol or a limit (BYE)",
+    "tls_failed": "the client's TLS handshake failed or timed out",
+    "idle_timeout": "the client sent nothing for the idle timeout",
+    "client_stalled": "the client stopped for the idle timeout in the middle of a message",
+    "login_timeout": "no login within login_timeout of connecting (the client's deadline)",
+    # the server
+    "upstream_bye": "the server said BYE by itself (shutdown, its own timeout)",
+    "upstream_stalled": "a command in progress, the client waiting: the server said nothing "
+    "for the answer timeout",
+    "upstream_unavailable": "cannot connect to the server, or it did not greet in time",
+    "upstream_refused": "the server greeted with BYE",
+    "upstream_tls_failed": "TLS (or STARTTLS) to the server failed",
+    "upstream_protocol": "the server broke the protocol during set-up",
+    "upstream_protocol_error": "the server broke the protocol or a limit during the relay",
+    "upstream_closed": "the server closed or broke the connection",
+    "upstream_desync": "the server asked for a continuation nothing waited for",
+    # the proxy
+    "shutdown": "the proxy shut down (after the drain)",
+    "connection_lost": "a connection broke while the proxy wrote to it",
+    "closed": "both directions ended without another reason",
+    "cancelled": "the proxy stopped the session's task",
+    "error": "an internal error (logged with its traceback)",
+}
+
+_AUTOLOGOUT = b"* BYE Autologout; idle for too long\r\n"  # RFC 9051 section 7.1.5's text
+_LOGIN_TIMEOUT_BYE = b"* BYE Autologout; login timeout\r\n"
+_SHOWN_BYE = 120  # characters of a server's BYE text shown in the end line
 
 
 class SessionEnd(Exception):
@@ -149,8 +213,11 @@ class Session:
         self._client_lock = trio.Lock()
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
-        self._touched = -math.inf  # when the idle deadline was last moved
-        self._touched_waiting = False  # ... and whether for an answer (answer_timeout)
+        self._touched = -math.inf  # when the running timer started (coarse)
+        self._touched_waiting = False  # ... whether it is the server's (answer_timeout)
+        self._timeout = 0.0  # ... and its length
+        self._login_scope: trio.CancelScope | None = None  # the login deadline, until login
+        self._client_partial = False  # the client decoder holds the start of a line
         self._paused_scope: trio.CancelScope | None = None  # a read while the client waits
         self._no_pending: trio.Event | None = None  # set on each tagged completion
         self._client_boundary = True  # the client's stream is between two messages
@@ -165,7 +232,7 @@ class Session:
         started = time.monotonic()
         end = SessionEnd("cancelled", "the proxy stopped")
         try:
-            end = await self._run()
+            end = self._named_bye(await self._run())
         except Exception as exc:  # one session's bug must never reach the listener
             log.exception("session %s: internal error", self.id)
             end = SessionEnd("error", f"internal error: {type(exc).__name__}")
@@ -205,10 +272,29 @@ class Session:
 
     async def _run(self) -> SessionEnd:
         log.info("session %s start peer=%s listener=%s", self.id, self.peer, self.listener.name)
+        timeout = self.config.timeouts.login_timeout
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as login:
+            self._login_scope = login
+            return await self._session(login)
+        # the login deadline passed
+        end = self._end or self._login_timeout_end()
+        await self._farewell(end.bye)
+        return end
+
+    async def _session(self, login: trio.CancelScope) -> SessionEnd:
         greeting = None
         with self._setup_scope:
             try:
-                greeting = await self._set_up()
+                if self.listener.implicit_tls:
+                    await self._start_client_tls()
+                # The upstream's set-up is not the client's time: the login deadline
+                # stops meanwhile (the set-up has its own timeouts).
+                deadline, login.deadline = login.deadline, math.inf
+                paused = trio.current_time()
+                try:
+                    greeting = await self._set_up()
+                finally:
+                    login.deadline = deadline + (trio.current_time() - paused)
             except SessionEnd as end:
                 await self._farewell(end.bye)
                 return end
@@ -220,7 +306,7 @@ class Session:
             self._relay_scope = scope
             if self._end is not None:  # shutdown requested during set-up
                 scope.cancel()
-            self._touch()
+            self._touch(client=True)  # the client's idle clock starts with the greeting
             try:
                 sent = self._mediated(greeting)
                 await self._send_client(sent)
@@ -231,31 +317,61 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._end = self._end or SessionEnd("connection_lost", f"connection lost: {exc}")
         if self._end is None:
-            if scope.cancelled_caught and self._touched_waiting:
-                log.warning(
-                    "session %s: upstream silent for %.0f s with a command in progress",
-                    self.id,
-                    self.config.timeouts.answer_timeout,
-                )
-                self._end = unavailable("upstream_stalled", "upstream stopped answering")
-            elif scope.cancelled_caught:
-                self._end = SessionEnd(
-                    "idle_timeout",
-                    "idle timeout",
-                    b"* BYE Autologout; idle for too long\r\n",
-                )
+            if scope.cancelled_caught:
+                self._end = self._timer_end()
             else:
                 self._end = SessionEnd("closed", "closed")
         await self._farewell(self._end.bye)
         return self._end
 
+    def _timer_end(self) -> SessionEnd:
+        """Why the relay's timer ran out, naming the side that stalled."""
+        if self._touched_waiting:
+            log.warning(
+                "session %s: upstream silent for %.0f s with a command in progress",
+                self.id,
+                self._timeout,
+            )
+            return unavailable("upstream_stalled", "upstream stopped answering")
+        if self._client_owes():
+            return SessionEnd(
+                "client_stalled",
+                f"client stopped in the middle of a message for {self._timeout:g} s",
+                _AUTOLOGOUT,
+            )
+        return SessionEnd("idle_timeout", f"idle for {self._timeout:g} s", _AUTOLOGOUT)
+
+    def _login_timeout_end(self) -> SessionEnd:
+        """The login deadline passed; the detail says who owed the next bytes."""
+        if self._relay_scope is None:
+            state = "client TLS handshake"
+        elif self._client_owes():
+            state = "client stalled in the middle of a message"
+        elif self.conv.pending and not self.conv.client.idling:
+            state = "waiting for the server's answer"
+        else:
+            state = "client sent no login"
+        timeout = self.config.timeouts.login_timeout
+        log.info("session %s: not logged in after %g s (%s)", self.id, timeout, state)
+        bye: bytes | None = _LOGIN_TIMEOUT_BYE
+        if isinstance(self.client, TlsStream) and self.client_tls is None:
+            bye = None  # inside a TLS handshake: nothing can be said
+        return SessionEnd("login_timeout", f"not logged in after {timeout:g} s ({state})", bye)
+
+    def _named_bye(self, end: SessionEnd) -> SessionEnd:
+        """A session that ended after the server's own BYE (it shut down, or timed the
+        session out) is the server's doing, not a LOGOUT."""
+        conv = self.conv
+        if end.reason != "logout" or conv.bye is None or conv.bye_requested:
+            return end
+        text = safe(conv.bye.split(b" ", 2)[-1].rstrip(b"\r\n"), _SHOWN_BYE)
+        return SessionEnd("upstream_bye", f"upstream said BYE: {text}")
+
     # ------------------------------------------------------------ TLS, upstream
 
     async def _set_up(self) -> Frame:
-        """Client TLS (implicit listeners), then the upstream up to its greeting."""
+        """The upstream, up to its greeting (after the client's TLS on implicit listeners)."""
         timeouts = self.config.timeouts
-        if self.listener.implicit_tls:
-            await self._start_client_tls()
         try:
             with trio.fail_after(timeouts.upstream_connect):
                 await self._connect_upstream()
@@ -405,33 +521,74 @@ class Session:
 
     # ------------------------------------------------------------ pumps
 
-    def _touch(self) -> None:
-        """Activity: move the idle deadline.  Called per read and per command, so it is
-        coarse: the deadline moves at most every tenth of the timeout."""
+    def _touch(self, *, client: bool = False, progress: bool = True) -> None:
+        """Re-arm the relay's timer (see "Timers" in the module docstring).
+
+        Called by the client pump once per read (``client``; ``progress`` says whether the
+        decoder gave out a frame or a literal chunk since) and for the server's data while
+        a command is in progress and its completions.  It runs per read, so it is coarse:
+        trio's deadline setter is costly, and a running timer moves at most every tenth of
+        its length.
+        """
         scope = self._relay_scope
         if scope is None:
             return
         conv = self.conv
+        if self._login_scope is not None and conv.phase is not Phase.NOT_AUTHENTICATED:
+            self._login_scope.deadline = math.inf  # authenticated: the login deadline is over
+            self._login_scope = None
+        if not client and conv.pending:
+            # The server's progress with commands still in progress.  Only the client
+            # pump (whose touch follows each of its reads, and each wake-up after a "+"
+            # or a tagged answer) changes who owes, so: move the answer timer if it runs;
+            # if the client's runs, the server's bytes do not move it.
+            if self._touched_waiting:
+                now = trio.current_time()
+                if now - self._touched >= self._timeout / 10:
+                    self._touched = now
+                    scope.deadline = now + self._timeout
+            return
         t = self.config.timeouts
-        waiting = bool(conv.pending) and not conv.client.idling
+        # Whether the server owes the next bytes: a command in progress, outside IDLE,
+        # and the client owes nothing (``_client_owes``, inlined: this is the hot path).
+        waiting = False
+        if conv.pending:
+            dec = conv.client
+            held = dec.waiting_for
+            if held is not None:
+                waiting = held is not Hold.IDLE
+            else:  # not paused: in IDLE, in AUTHENTICATE or mid-message, the client owes
+                waiting = not (self._client_partial or dec.in_message or dec.exchange)
         if waiting:
-            # Waiting for the server's answer is not idleness (RFC 9051 §5.4 is about a
-            # client that sends nothing); only a server silent for answer_timeout ends
-            # the session then.  A client that gives up closes its connection, which the
-            # client pump still sees.
             timeout = t.answer_timeout
         elif conv.phase is Phase.NOT_AUTHENTICATED:
             timeout = t.idle_unauthenticated
         else:
             timeout = t.idle_authenticated
         now = trio.current_time()
-        # Coarse: trio's deadline setter is costly and this runs per command, so the
-        # deadline moves only when the timer changes or a tenth of it has passed.
-        if waiting is self._touched_waiting and now - self._touched < timeout / 10:
-            return
-        self._touched = now
+        if waiting is not self._touched_waiting:
+            start = now  # the timer changes hands: the new one starts now
+        elif progress and (client or waiting):
+            # progress by the side that owes (or a new command while waiting)
+            if timeout == self._timeout and now - self._touched < timeout / 10:
+                return
+            start = now
+        elif timeout != self._timeout:
+            start = self._touched  # e.g. logged in while the client is mid-line
+        else:
+            return  # no progress by the side that owes: the deadline stays
+        self._touched = start
         self._touched_waiting = waiting
-        scope.deadline = now + timeout
+        self._timeout = timeout
+        scope.deadline = start + timeout
+
+    def _client_owes(self) -> bool:
+        """Whether the client is in the middle of sending something: inside a line, a
+        literal the server let come (or a ``{n+}`` one), or a SASL line asked for."""
+        dec = self.conv.client
+        if dec.waiting_for is not None:
+            return False  # paused: the server owes its "+" or tagged answer
+        return self._client_partial or dec.in_message or dec.exchange is Hold.AUTHENTICATE
 
     async def _guard(
         self, pump: Callable[[], Awaitable[None]], nursery_scope: trio.CancelScope
@@ -451,6 +608,7 @@ class Session:
         out: list[bytes] = []  # frames collected for one write upstream
         size = 0
         read_size = self.config.session_limits.read_size
+        progressed = False  # a frame or literal chunk since the timer was last told
 
         async def flush() -> None:
             nonlocal size
@@ -468,11 +626,17 @@ class Session:
                     log.warning("session %s: client protocol error: %s", self.id, exc.message)
                     raise SessionEnd("client_protocol_error", exc.message, exc.reply) from None
                 log.info("session %s: refused client command: %s", self.id, exc.message)
+                progressed = True  # a whole line, refused
                 if exc.tag is not None:
                     conv.pending.pop(exc.tag, None)
                 await self._send_client(exc.reply)
                 continue
             if ev is NEED_DATA:
+                # The decoder took all it could: what it still holds is a partial line
+                # (or literal), which the client owes.
+                self._client_partial = conv.client.buffered > 0
+                self._touch(client=True, progress=progressed)
+                progressed = False
                 await flush()
                 await self._read_client(read_size)
                 continue
@@ -480,6 +644,9 @@ class Session:
                 await flush()
                 if conv.client.waiting_for is None:
                     continue  # released while we were writing
+                self._client_partial = False
+                self._touch(client=True, progress=progressed)
+                progressed = False
                 # Keep reading while the client waits for the server, so that a client
                 # that vanishes is noticed; the decoder holds what arrives (bounded by
                 # max_held_bytes).  The server pump cancels this read when its answer
@@ -493,6 +660,7 @@ class Session:
                 self._paused_scope = None
                 continue
             if type(ev) is Frame:
+                progressed = True
                 if self._drop_tag is not None:
                     if ev.tag == self._drop_tag and not ev.first:
                         if ev.final:
@@ -508,14 +676,14 @@ class Session:
                     # what came before goes upstream first: a local answer must not
                     # overtake the commands ahead of it
                     await flush()
+                    self._touch(client=True)  # a local answer may take a while
+                    progressed = False
                     if await self._local_command(ev):
                         continue
                     if ev.sensitive:
                         self._note_login(ev)
                 elif ev.sensitive:
                     self._note_login(ev)
-                if ev.first and ev.kind is FrameKind.COMMAND:
-                    self._touch()  # now pending: the idle clock waits for its answer
                 if ev.nonsync:
                     ev = self._as_sync(ev)
                 if self.taps:
@@ -523,6 +691,7 @@ class Session:
                 out.append(ev.raw)
                 size += len(ev.raw)
             elif type(ev) is LiteralChunk:
+                progressed = True
                 if self._drop_tag is not None:
                     continue
                 for tap in self.taps:
@@ -541,10 +710,11 @@ class Session:
                 await flush()
 
     async def _read_client(self, read_size: int) -> None:
+        """Bytes from the client into the decoder.  They do not move the idle timer by
+        themselves: only what the decoder makes of them does (``_pump_client``)."""
         data = await self._receive(self.client, read_size, "client")
-        if data:
-            self.stats.bytes_from_client += len(data)
-            self._touch()
+        self.stats.bytes_from_client += len(data)
+        self._client_partial = False  # known again at the next NEED_DATA
         self.conv.receive_client(data)
 
     async def _pump_upstream(self) -> None:
@@ -687,6 +857,11 @@ class Session:
         if name in _LOCAL_COMMANDS:
             if not frame.final:  # "STARTTLS {5}": never forwarded, never a TLS switch
                 await self._refuse(frame, f"{name} takes no literal")
+                return True
+            if name == "STARTTLS" and frame.raw.partition(b" ")[2][8:] not in (b"\r\n", b"\n"):
+                # STARTTLS takes no arguments (RFC 9051 section 6.2.1): "a STARTTLS x",
+                # even a trailing space, is refused, never a TLS switch
+                await self._refuse(frame, "STARTTLS takes no arguments")
                 return True
             self._tap_frame(frame, to_upstream=True)
             for tap in self.taps:
@@ -936,3 +1111,4 @@ def _replaced(frame: Frame, raw: bytes) -> Frame:
 def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
     """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
     return _replaced(greeting, with_code_list(greeting.raw, caps))
+

@@ -47,6 +47,7 @@ _CAPABILITY_CODE = re.compile(rb"[^ ]+ [A-Za-z]+ \[CAPABILITY[ \]]", re.IGNORECA
 _SELECTING = frozenset({"SELECT", "EXAMINE"})
 _LEAVING_MAILBOX = frozenset({"CLOSE", "UNSELECT"})
 AUTHENTICATING_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
+_BYE_KEPT = 512  # bytes of a server's BYE kept for the log (its text is resp-text)
 
 
 class Conversation:
@@ -74,6 +75,11 @@ class Conversation:
         # the driver must refuse it rather than forward it (RFC 9051 §2.2.1: tags are
         # unique among commands in progress; a server need not check).
         self.tag_in_use = False
+        # The server's untagged BYE, if it sent one (its first bytes, for a log), and
+        # whether it answered the client's LOGOUT rather than ending the session itself
+        # (shutting down, its own idle timeout).
+        self.bye: bytes | None = None
+        self.bye_requested = False
 
     # ------------------------------------------------------------- client side
 
@@ -168,6 +174,8 @@ class Conversation:
         if kind is FrameKind.STATUS:
             if frame.tag is None:
                 if frame.name == "BYE":
+                    self.bye = frame.raw[:_BYE_KEPT]
+                    self.bye_requested = any(p.name == "LOGOUT" for p in self.pending.values())
                     self._set_phase(Phase.LOGOUT)
                 elif frame.name == "OK":
                     self._maybe_capabilities(frame)
