@@ -521,11 +521,17 @@ class Harness:
             )
         else:
             assert event.first
+        assert not event.oversize or event.side is S
         if event.final:
             assert event.literal is None and not event.streamed
             self.open_part = None
+        elif event.literal is None:
+            # a piece of a long server line, no larger than a part kept whole
+            assert event.oversize
+            lim = self.decoder.limits
+            assert len(event.raw) <= lim.max_line_bytes + lim.inline_literal_bytes
+            self.open_part = event
         else:
-            assert event.literal is not None
             self.open_part = event
             if (
                 event.streamed
