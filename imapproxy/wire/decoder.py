@@ -43,6 +43,10 @@ server's ``+`` lets it through, and a tagged answer instead means the server ref
 command, so the literal and the rest of the message, already sent by the client, are
 consumed here and never given out.
 
+Before login, at most ``max_literals_unauthenticated`` literals are accepted in one command
+(each costs the relay a round trip to the server); past that the session must end, since
+the earlier literals have been passed on.
+
 Long lines: a client line longer than ``max_line_bytes`` is refused (fatal).  A server line
 has no length limit (a ``* SEARCH`` over 20,000 messages, an ENVELOPE with thousands of
 addresses): once it grows past ``max_line_bytes`` it is given out in pieces, parts marked
