@@ -72,6 +72,13 @@ def small_responses(count: int) -> bytes:
     return b"".join(templates[i % len(templates)] % i for i in range(count))
 
 
+def long_lines(count: int, numbers: int) -> bytes:
+    """``* SEARCH`` results of ``numbers`` message numbers each (20,000 give a 109 KB line,
+    relayed in oversize pieces)."""
+    line = b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, numbers + 1)) + b"\r\n"
+    return b"".join(line + b"a%d OK SEARCH completed\r\n" % i for i in range(count))
+
+
 def run_decoder(side: Side, data: bytes, parse: bool = False) -> tuple[int, int]:
     """Feed data in READ-sized pieces; return (frames, literal bytes)."""
     dec = Decoder(side)
@@ -141,6 +148,7 @@ def main() -> None:
         ("small-cmds", Side.CLIENT, small_commands(int(300_000 * s)), False, 0),
         ("small-resp", Side.SERVER, small_responses(int(300_000 * s)), False, 0),
         ("parse-small", Side.CLIENT, small_commands(int(100_000 * s)), True, 0),
+        ("search-109K", Side.SERVER, long_lines(int(400 * s), 20_000), False, 0),
     ]
     print(
         f"{'stream':<12} {'bytes':>12} {'frames':>9} {'median s':>9} "

@@ -15,11 +15,13 @@ way a server would (``+``, tagged OK/NO/BAD, STARTTLS).  It checks:
   inline_literal_bytes + max_held_bytes + the last piece fed (and, with ``--tracemalloc``,
   the traced peak while decoding stays within a few times that bound);
 * the events follow the message grammar (literal chunks only inside a streamed literal,
-  continuation parts marked ``first=False`` with the same tag / name);
+  continuation parts marked ``first=False`` with the same tag / name, parts without a
+  literal that are not final only as oversize pieces of a long server line);
 * byte-exactness: for a run without errors, the frames' raw bytes and the chunks' data are
   exactly the input (minus what is still buffered and what ``start_tls`` handed back);
 * chunk-boundary independence: the same stream fed whole gives the same events (literal
-  chunks merged), when the server's answers only come once all input is in.
+  chunks and the oversize pieces of one line merged), when the server's answers only
+  come once all input is in.
 
 Failures are printed with the iteration seed; ``--replay SEED`` runs that one case.
 Exit status: 0 when nothing failed, 1 otherwise.
@@ -284,6 +286,15 @@ def _require(cond: bool, what: str) -> None:
         raise Problem(what)
 
 
+def joined(piece: Frame, rest: Frame) -> Frame:
+    """A long line's piece and the part after it, as one part."""
+    return Frame(
+        rest.side, rest.kind, piece.raw + rest.raw, rest.tag, rest.name, rest.number,
+        piece.first, rest.final, rest.literal, rest.streamed, rest.sensitive,
+        piece.nonsync or rest.nonsync, True,
+    )  # fmt: skip
+
+
 class Runner:
     def __init__(self, case: Case, pieces: Sequence[bytes], interactive: bool) -> None:
         self.case = case
@@ -432,12 +443,20 @@ class Runner:
             )
         else:
             _require(event.first, "new message not marked first")
+        _require(not event.oversize or self.d.side is Side.SERVER, "oversize client part")
         if event.final:
             _require(event.literal is None and not event.streamed, "final part with literal")
             self.open_part = None
+        elif event.literal is None:
+            # a piece of a long server line: the line goes on in the next part
+            _require(event.oversize, "non-final part without literal")
+            _require(
+                len(event.raw)
+                <= self.case.limits.max_line_bytes + self.case.limits.inline_literal_bytes,
+                "oversize piece larger than a line",
+            )
+            self.open_part = event
         else:
-            _require(event.literal is not None, "non-final part without literal")
-            assert event.literal is not None
             self.open_part = event
             if (
                 event.streamed
@@ -446,6 +465,10 @@ class Runner:
             ):
                 self.stream_left = event.literal.size
         self.o.out += event.raw
+        # the pieces of a long line are merged: where it is cut depends on how bytes arrived
+        last = events[-2] if len(events) >= 2 else None
+        if isinstance(last, Frame) and last.oversize and not last.final and last.literal is None:
+            events[-2:] = [joined(last, event)]
 
     def continuation(self) -> None:
         hold = self.d.waiting_for

@@ -515,6 +515,21 @@ class Session:
                 continue
             if type(ev) is Frame and ev.final:
                 return ev
+            if type(ev) is Frame and ev.oversize and ev.literal is None:
+                # A response longer than max_line_bytes: the greeting and the answer to
+                # the proxy's own CAPABILITY must be rewritten, which needs them whole;
+                # anything else (an untagged OK with a long text) is skipped, and its
+                # last part still tells a tagged completion.
+                if ev.first and (
+                    ev.kind is FrameKind.GREETING
+                    or (ev.kind is FrameKind.DATA and ev.name == "CAPABILITY")
+                ):
+                    raise unavailable(
+                        "upstream_protocol",
+                        f"upstream {ev.name or ev.kind.value} response longer than "
+                        f"{self.config.limits.max_line_bytes} bytes during set-up",
+                    )
+                continue
             if type(ev) is EndOfStream:
                 raise unavailable("upstream_unavailable", "upstream closed the connection")
             raise unavailable("upstream_protocol", "unexpected literal from upstream during set-up")
@@ -756,11 +771,12 @@ class Session:
                     kind = ev.kind
                     raw = ev.raw
                     if kind is FrameKind.STATUS:
-                        if ev.tag is not None:
+                        if ev.tag is not None and ev.first:
                             self._completed(ev)
                         raw = self._mediated(ev)
                     elif kind is FrameKind.CONTINUATION:
-                        self._wake_client()
+                        if ev.first:
+                            self._wake_client()
                         if conv.continued is Hold.NONSYNC_LITERAL:
                             continue  # answers the {n} we sent for the client's {n+}
                         if conv.stray_continuation:
@@ -994,6 +1010,20 @@ class Session:
     def _mediated(self, frame: Frame) -> bytes:
         if frame.kind is not FrameKind.DATA and b"[" not in frame.raw:
             return frame.raw  # a status without a response code: nothing to mediate
+        if frame.oversize:
+            # Longer than max_line_bytes, relayed in pieces.  The first piece of a status
+            # holds its response code when the code is shorter than that: mediated as
+            # usual.  A * CAPABILITY list that long is relayed as it is, logged: the
+            # proxy still answers STARTTLS and COMPRESS itself and refuses a login
+            # before TLS when it must, whatever the client was told.
+            if frame.first and frame.kind is FrameKind.DATA and frame.name == "CAPABILITY":
+                log.warning(
+                    "session %s: capability list longer than %d bytes relayed unmediated",
+                    self.id,
+                    self.config.limits.max_line_bytes,
+                )
+            if not frame.first or frame.kind is FrameKind.DATA:
+                return frame.raw
         new = mediate_frame(frame, self._policy())
         return frame.raw if new is None else new
 
@@ -1104,7 +1134,7 @@ def _replaced(frame: Frame, raw: bytes) -> Frame:
         frame.side, frame.kind, raw, frame.tag, frame.name,
         number=frame.number, first=frame.first, final=frame.final,
         literal=frame.literal, streamed=frame.streamed, sensitive=frame.sensitive,
-        nonsync=frame.nonsync,
+        nonsync=frame.nonsync, oversize=frame.oversize,
     )  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 Credentials never appear: what the decoder marks ``sensitive`` (every form of LOGIN and
 AUTHENTICATE, SASL data lines, and whatever a client sends after a login attempt until its
 next well-formed command) is replaced by ``***``; see :func:`redacted`.  Literal payloads
-are summarised, long lines are cut.
+are summarised, long lines are cut; a server line longer than ``max_line_bytes`` (relayed in
+oversize pieces) is shown once, its beginning and its total size.
 """
 
 from __future__ import annotations
@@ -80,8 +81,13 @@ class TranscriptWriter:
         self.out = out
         # when each pending command was sent, to show its latency on completion
         self._started: dict[tuple[str, bytes], float] = {}
+        # a long server line being relayed in pieces: (its first piece, bytes so far)
+        self._long: dict[str, tuple[Frame, int]] = {}
 
     def frame(self, session_id: str, frame: Frame, *, to_upstream: bool) -> None:
+        if frame.oversize and not to_upstream:
+            self._long_piece(session_id, frame)
+            return
         arrow = "C:" if to_upstream else "S:"
         suffix = ""
         if frame.tag is not None and frame.first:
@@ -94,6 +100,23 @@ class TranscriptWriter:
                     suffix = f"  ({(time.monotonic() - began) * 1000:.1f} ms)"
         self._line(session_id, f"{arrow} {redacted(frame)}{suffix}")
 
+    def _long_piece(self, session_id: str, frame: Frame) -> None:
+        """Collect the pieces of a long server line; at its last piece, show it once: its
+        beginning and its size (what ends the line's part, inline literals included)."""
+        head, size = self._long.pop(session_id, (frame, 0))
+        size += len(frame.raw)
+        if not frame.final and frame.literal is None:
+            self._long[session_id] = (head, size)  # the line goes on
+            return
+        text = printable(head.raw[:MAX_SHOWN])
+        then = f", then {frame.literal.announcement().decode()}" if frame.literal else ""
+        suffix = ""
+        if head.tag is not None and head.first and head.kind is FrameKind.STATUS:
+            began = self._started.pop((session_id, head.tag), None)
+            if began is not None:
+                suffix = f"  ({(time.monotonic() - began) * 1000:.1f} ms)"
+        self._line(session_id, f"S: {text}... (long line, {size} bytes{then}){suffix}")
+
     def chunk(self, session_id: str, chunk: LiteralChunk, *, to_upstream: bool) -> None:
         if chunk.remaining == 0:
             arrow = "C:" if to_upstream else "S:"
@@ -105,6 +128,7 @@ class TranscriptWriter:
     def session_closed(self, session_id: str) -> None:
         for key in [k for k in self._started if k[0] == session_id]:
             del self._started[key]
+        self._long.pop(session_id, None)
 
     def _line(self, session_id: str, text: str) -> None:
         t = time.time()

@@ -136,3 +136,25 @@ def test_notes_are_one_line() -> None:
     text = out.getvalue()
     assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text
     assert "BYE \\r\\nforged\\x1b[31m" in text
+
+
+def test_a_long_server_line_is_shown_once_with_its_size() -> None:
+    from imapproxy.wire import Limits
+
+    server = Decoder(Side.SERVER, Limits(max_line_bytes=256))
+    line = b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, 2000)) + b"\r\n"
+    server.receive_data(b"* OK hi\r\n" + line + b"a OK done\r\n")
+    out = io.StringIO()
+    writer = TranscriptWriter(out)
+    writer.frame("s1", _frame(b"a SEARCH ALL\r\n"), to_upstream=True)
+    pieces = 0
+    while isinstance(event := server.next_event(), Frame):
+        pieces += event.oversize
+        writer.frame("s1", event, to_upstream=False)
+    assert pieces > 10
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # the command, the greeting, the long line once, the completion
+    assert "S: * SEARCH 1 2 3 4 5 " in lines[2]
+    assert lines[2].endswith(f"... (long line, {len(line)} bytes)")
+    assert len(lines[2]) < 400
+    assert "S: a OK done" in lines[3] and " ms)" in lines[3]

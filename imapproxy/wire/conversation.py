@@ -221,12 +221,15 @@ class Conversation:
         self.server.authenticated = authenticated
 
     def _maybe_capabilities(self, frame: Frame) -> None:
+        if frame.oversize or not frame.final:
+            # Too long to parse (a capability list over max_line_bytes): the known
+            # capabilities stay as they were.  Completions are tracked all the same (tag
+            # and name come from the first part).
+            return
         raw = frame.raw
         if frame.kind is not FrameKind.DATA and (
             b"[" not in raw or not _CAPABILITY_CODE.match(raw)
         ):
-            return
-        if not frame.final:
             return
         try:
             caps = capabilities_of(parse_response(frame.raw, self.limits))

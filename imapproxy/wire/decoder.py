@@ -43,11 +43,24 @@ server's ``+`` lets it through, and a tagged answer instead means the server ref
 command, so the literal and the rest of the message, already sent by the client, are
 consumed here and never given out.
 
+Before login, at most ``max_literals_unauthenticated`` literals are accepted in one command
+(each costs the relay a round trip to the server); past that the session must end, since
+the earlier literals have been passed on.
+
+Long lines: a client line longer than ``max_line_bytes`` is refused (fatal).  A server line
+has no length limit (a ``* SEARCH`` over 20,000 messages, an ENVELOPE with thousands of
+addresses): once it grows past ``max_line_bytes`` it is given out in pieces, parts marked
+``oversize`` (see :class:`~imapproxy.wire.events.Frame`), cut where the limit falls.  The
+last ``_TAIL_KEEP`` bytes are never given out before the line ends (more if they could be
+part of a literal announcement, see ``_safe_cut``), so a ``{n}`` at the end of a long line
+is still found and framing stays exact.  Tag, name and number come from the line's start.
+
 Memory: a message part kept whole (its lines and inline literals) never exceeds
 ``inline_literal_bytes``, except a single line, which may reach ``max_line_bytes``; so the
 decoder holds at most ``inline_literal_bytes`` + one line being read (``max_line_bytes``) +
 held bytes (``max_held_bytes``), plus the bytes of the last ``receive_data`` not yet looked
-at.  Larger literals are passed on as ``LiteralChunk`` events as the bytes arrive.
+at.  Larger literals are passed on as ``LiteralChunk`` events as the bytes arrive, longer
+server lines as oversize parts.
 """
 
 from __future__ import annotations
@@ -81,9 +94,17 @@ _RESPONSE_HEAD = re.compile(
     rb"(\*|[^\x00-\x20\x7f(){%*\"\\+]+) (?:(\d{1,10}) )?([^\x00-\x20\x7f(){%*\"\\\]\[]+)"
 )
 # A literal announcement at the end of a line (the line without its CRLF), matched from
-# the line's last "{" (or the "~" before it).  More than 20 digits is an overflow, rejected
-# before int() sees it.
+# the line's last "{" (or the "~" before it).  number = 1*DIGIT (RFC 9051 §9): leading
+# zeros are legal; more than 20 significant digits is an overflow, rejected before int()
+# sees it.
 _LITERAL_TAIL = re.compile(rb"(~?)\{(\d+)(\+?)\}\Z")
+_MAX_LITERAL_DIGITS = 20
+# Bytes at the end of a long server line not given out until more arrives: a literal
+# announcement "~{<20 digits>+}" and CRLF fit (leading zeros beyond that: see _safe_cut).
+_TAIL_KEEP = 32
+# What may follow a cut if a literal announcement straddles it: the rest of "{digits+}",
+# then the line end.
+_ANNOUNCEMENT_REST = re.compile(rb"\{?[0-9]*\+?\}?\r?\n?")
 _STATUS_NAMES = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
 # The upper-case form of the names a session uses over and over, as commonly spelt (a
 # fixed table: the per-frame decode + upper() was a measurable part of pipelined relaying,
@@ -183,6 +204,8 @@ class Decoder:
         self._after_credentials = False
         self._stream_remaining = 0
         self._part_nonsync = False  # the current part holds a {n+} literal
+        self._long_line = False  # server: the current line was cut (oversize pieces)
+        self._literals = 0  # literals announced in the current message
         self._direct: bytes | None = None  # literal bytes received while streaming
         # client input expectations
         self._next_line_kind = FrameKind.COMMAND
@@ -339,6 +362,7 @@ class Decoder:
         self._greeting_pending = False
         self._in_message = False
         self._discarding = False
+        self._long_line = False
         self._continue_after_literal(0)
         return leftover
 
@@ -405,6 +429,8 @@ class Decoder:
             nl = buf.find(b"\n", self._scan)
             if nl < 0:
                 if len(buf) - self._line_start > limits.max_line_bytes:
+                    if self.side is Side.SERVER:
+                        return self._long_line_piece()
                     self._fail("line too long", limit="max_line_bytes")
                 self._scan = len(buf)
                 if self._eof:
@@ -415,6 +441,8 @@ class Decoder:
             line_start = self._line_start
             end = nl + 1
             if end - line_start > limits.max_line_bytes:
+                if self.side is Side.SERVER:
+                    return self._long_line_piece()
                 self._fail("line too long", limit="max_line_bytes")
             if not self._in_message:
                 self._begin_message(line_start, end)
@@ -464,12 +492,57 @@ class Decoder:
             self._line_start = self._lit_end
             self._scan = self._lit_end
 
+    def _long_line_piece(self) -> Frame:
+        """Server: more than max_line_bytes of the current line are here (with or without
+        its end).  Give out a piece of it: the part so far and the line's next bytes."""
+        line_start = self._line_start
+        limit = self.limits.max_line_bytes
+        if not self._in_message:
+            # (from the first max_line_bytes only, however many bytes arrived at once, so
+            # that the tag does not depend on how the stream was cut)
+            self._begin_message(line_start, line_start + limit)
+        # Pieces of a fixed size, so that where a line is cut does not depend on how its
+        # bytes arrived; what stays behind (at least _TAIL_KEEP bytes) may hold the line's
+        # literal announcement.
+        cut = self._safe_cut(line_start + limit - _TAIL_KEEP)
+        scan = self._scan
+        frame = self._emit_part(cut, final=False, oversize=True)
+        self._long_line = True
+        self._scan = max(scan, cut)  # the LF search resumes where it was
+        return frame
+
+    def _safe_cut(self, cut: int) -> int:
+        """Move a cut in a long line back before a literal announcement it would split: the
+        "{" must stay in the line's kept tail to be found at the line end.  (A cut can
+        split one only where the bytes after it could continue "{digits+}" up to the line
+        end; in practice never.  The _TAIL_KEEP + 1 bytes after it have always arrived.)"""
+        buf = self._buf
+        if self._kind not in _LITERAL_KINDS or not _ANNOUNCEMENT_REST.fullmatch(
+            buf, cut, cut + _TAIL_KEEP + 1
+        ):
+            return cut
+        line_start = self._line_start
+        brace = cut
+        if buf[cut] != 0x7B:  # "{": walk back over the digits to the "{" they follow
+            while brace > line_start and 0x30 <= buf[brace - 1] <= 0x39:
+                brace -= 1
+            if brace == line_start or buf[brace - 1] != 0x7B:
+                return cut  # digits, but after no "{": not an announcement
+            brace -= 1
+        if brace > line_start and buf[brace - 1] == 0x7E:  # "~{"
+            brace -= 1
+        if brace <= self._part_start:
+            # "{" and more digits than max_line_bytes: no literal length looks like that
+            self._fail("literal length overflow", limit="max_literal_bytes")
+        return brace
+
     def _begin_message(self, start: int, end: int) -> None:
         """Classify a new message from its first line (bytes start..end)."""
         self._in_message = True
         self._first_part = True
         self._number = None
         self._sensitive = False
+        self._literals = 0
         buf = self._buf
         if self.side is Side.CLIENT:
             kind = self._next_line_kind
@@ -559,13 +632,22 @@ class Decoder:
         m = _LITERAL_TAIL.match(buf, start, text_end)
         if m is None:
             return None
-        digits = m.group(2)
-        if len(digits) > 20:
+        digits = m.group(2).lstrip(b"0") or b"0"
+        if len(digits) > _MAX_LITERAL_DIGITS:
             self._fail("literal length overflow", limit="max_literal_bytes")
         size = int(digits)
         binary = bool(m.group(1))
         nonsync_marker = bool(m.group(3))
         sync = self.side is Side.CLIENT and not nonsync_marker
+        if not self.authenticated and self.side is Side.CLIENT:
+            self._literals += 1
+            if self._literals > self.limits.max_literals_unauthenticated:
+                text = "too many literals in one command before login"
+                if sync and self._kind is FrameKind.COMMAND and self._first_part:
+                    self._refuse_line(text_end, f"[LIMIT] {text}", "max_literals_unauthenticated")
+                # Earlier literals of this command have gone upstream: the server is
+                # inside the command and cannot be brought back in step.
+                self._fail(text, limit="max_literals_unauthenticated")
         limit = self.limits.max_literal(self.authenticated)
         limit_name = (
             "max_literal_bytes" if self.authenticated else "max_literal_bytes_unauthenticated"
@@ -598,6 +680,7 @@ class Decoder:
         final: bool,
         literal: LiteralSpec | None = None,
         streamed: bool = False,
+        oversize: bool = False,
     ) -> Frame:
         first = self._first_part
         self._first_part = final
@@ -617,8 +700,10 @@ class Decoder:
             streamed,
             self._sensitive,
             self._part_nonsync or (literal is not None and literal.nonsync_marker),
+            oversize or self._long_line,
         )
         self._part_nonsync = False
+        self._long_line = False
         self._pos = self._part_start = self._line_start = self._scan = self._lit_end = end
         if final:
             self._in_message = False

@@ -6,6 +6,11 @@ must be: before a literal the sender will not send until it gets a continuation 
 (a client's synchronising ``{n}``), and around a literal too large to hold (streamed as
 :class:`LiteralChunk` events).  The parts of one message, concatenated with the chunks between
 them, are exactly the bytes that were received.
+
+A server line longer than ``Limits.max_line_bytes`` is not held whole either: it is passed on
+in pieces (parts with ``oversize=True``), cut wherever the limit falls, while its end is still
+read for a literal announcement.  Such a message is "too long to parse": its tag, name and
+number are known (from the start of its first line), its bytes are relayed as they are.
 """
 
 from __future__ import annotations
@@ -65,6 +70,13 @@ class Frame:
     ``~{n+}``), held inside it or at its end.  ``sensitive`` marks messages carrying
     credentials (LOGIN, AUTHENTICATE and its data lines): their bytes must never be logged
     as they are.
+
+    ``oversize`` (server side only) marks a part holding a piece of a line longer than
+    ``Limits.max_line_bytes``: every piece of such a line but the last is a part of its own
+    (``final=False`` and ``literal=None``: the line goes on in the next part); the last
+    piece, which ends the line, is marked too (it may announce a literal or end the
+    message).  A message with an oversize part cannot be parsed from its parts; relay it
+    verbatim.
     """
 
     __slots__ = (
@@ -75,6 +87,7 @@ class Frame:
         "name",
         "nonsync",
         "number",
+        "oversize",
         "raw",
         "sensitive",
         "side",
@@ -97,6 +110,7 @@ class Frame:
         streamed: bool = False,
         sensitive: bool = False,
         nonsync: bool = False,
+        oversize: bool = False,
     ) -> None:
         self.side = side
         self.kind = kind
@@ -110,6 +124,7 @@ class Frame:
         self.streamed = streamed
         self.sensitive = sensitive
         self.nonsync = nonsync
+        self.oversize = oversize
 
     @property
     def waits_for_continuation(self) -> bool:
@@ -125,7 +140,9 @@ class Frame:
         parts.append(f"len={len(self.raw)}")
         if not self.first:
             parts.append("continued")
-        if not self.final:
+        if self.oversize:
+            parts.append("oversize")
+        if not self.final and self.literal is not None:
             parts.append(f"then={self.literal}{' streamed' if self.streamed else ''}")
         return f"Frame({', '.join(parts)})"
 

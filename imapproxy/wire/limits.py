@@ -14,8 +14,13 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    # One protocol line (the text between literals, up to CRLF).  Dovecot uses 64 KiB for a
-    # command line; long UID sets from real clients fit comfortably.
+    # One protocol line (the text between literals, up to CRLF).
+    # * Client lines: a longer one is refused (BYE).  Dovecot uses 64 KiB for a command
+    #   line; long UID sets from real clients fit comfortably.
+    # * Server lines have no length limit (a SEARCH result over 20,000 messages, an
+    #   ENVELOPE with thousands of addresses): this is the longest one kept whole, so the
+    #   longest that can be parsed.  A longer one is passed on in pieces of about this size
+    #   (Frame.oversize), so a server line never costs more memory than this.
     max_line_bytes: int = 64 * KIB
     # A literal announced before the session is authenticated.  Only LOGIN / AUTHENTICATE /
     # ID arguments are legitimate then; nothing needs more than a few KiB.
@@ -37,6 +42,12 @@ class Limits:
     # Bytes a decoder will hold while it waits for the other side's decision (a
     # continuation request or a tagged reply) before it can read them.
     max_held_bytes: int = 64 * KIB
+    # Literals in one command before authentication.  Each synchronising literal (and each
+    # {n+}, which the relay sends on as {n}) costs a round trip to the server; LOGIN needs
+    # 2, AUTHENTICATE none, ID a handful (RFC 2971: at most 30 field-value pairs, which a
+    # client sends as quoted strings in practice).  A longer run is a client making the
+    # proxy busy before anybody is known: the session ends.
+    max_literals_unauthenticated: int = 16
     # Commands sent and not yet completed (pipelining).  Real clients pipeline tens to
     # hundreds; the cap bounds the per-session table of pending tags.
     max_pending_commands: int = 10_000

@@ -38,7 +38,7 @@ from .tokens import (
 # spaces and parentheses, e.g. BODY[HEADER.FIELDS (FROM TO)]).
 _ATOM = re.compile(rb"[^\x00-\x20\x7f()\"{\[]+")
 _SECTION = re.compile(rb"\[[^\x00-\x1f\x7f\[\]\"{]*\]")
-_LITERAL = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n")
+_LITERAL = re.compile(rb"(~?)\{0*(\d{1,20})(\+?)\}\r?\n")  # leading zeros are legal
 _DIGITS = re.compile(r"[0-9]{1,20}\Z")
 _SEQSET = re.compile(r"[0-9*$][0-9*:,$]*\Z")
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")

@@ -35,6 +35,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -397,6 +398,37 @@ class DovecotServer:
         final = box / "cur" / f"{base}:2,{letters}"
         os.rename(tmp, final)
         return final
+
+    def seed_messages(
+        self, user: str, messages: Iterable[bytes], flags: str = "", *, mailbox: str = "INBOX"
+    ) -> int:
+        """Write many messages straight into ``user``'s Maildir ``cur/`` (20,000 in about a
+        second; APPEND would take minutes).  Faster than :meth:`seed_message`: no ``tmp/``
+        and rename, so use it only for a mailbox no session has open yet (Dovecot could
+        otherwise see a file half written).  Returns how many were written."""
+        if user not in self.users:
+            raise KeyError(f"unknown user {user!r}")
+        letters = "".join(sorted(set(flags)))
+        if not set(letters) <= _MAILDIR_FLAGS:
+            raise ValueError(f"unsupported Maildir flags {flags!r} (use letters of DFPRST)")
+        box = self._make_maildir(user, mailbox)
+        prefix = f"{int(time.time())}.M%09dP{os.getpid()}Q{next(self._seq)}.imapproxy-tests"
+        chown = os.geteuid() == 0
+        count = 0
+        cur = os.open(box / "cur", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for count, raw in enumerate(messages, 1):
+                name = f"{prefix % count},S={len(raw)}:2,{letters}"
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=cur)
+                try:
+                    if chown:
+                        os.fchown(fd, self.mail_uid, self.mail_gid)
+                    os.write(fd, raw)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(cur)
+        return count
 
     # -- configuration -------------------------------------------------------------------
 

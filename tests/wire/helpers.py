@@ -149,6 +149,31 @@ def merge_chunks(events: Sequence[Item]) -> list[Item]:
     return out
 
 
+def merge_pieces(events: Sequence[Item]) -> list[Item]:
+    """Merge the oversize pieces of a long server line into the part that ends the line.
+
+    Where a long line is cut depends on how its bytes arrived, so (as with merge_chunks)
+    runs with different chunkings are only comparable after merging.
+    """
+    out: list[Item] = []
+    for e in events:
+        last = out[-1] if out else None
+        if (
+            isinstance(e, Frame)
+            and isinstance(last, Frame)
+            and last.oversize
+            and not last.final
+            and last.literal is None
+        ):
+            out[-1] = Frame(
+                e.side, e.kind, last.raw + e.raw, e.tag, e.name, e.number, last.first,
+                e.final, e.literal, e.streamed, e.sensitive, last.nonsync or e.nonsync, True,
+            )  # fmt: skip
+        else:
+            out.append(e)
+    return out
+
+
 def message_bytes(events: Sequence[Event]) -> list[bytes]:
     """Group parts and chunks into whole messages (a message ends with a final Frame)."""
     messages: list[bytes] = []
@@ -185,7 +210,7 @@ class Replay:
         return self.client if side is Side.CLIENT else self.server
 
     def normalised(self, side: Side) -> list[Item]:
-        return merge_chunks(self.events(side))
+        return merge_pieces(merge_chunks(self.events(side)))
 
 
 class _Pump:

@@ -1037,19 +1037,29 @@ def test_line_of_exactly_max_line_bytes_passes(side: Side, ending: bytes) -> Non
     assert [f.raw for f in frames(events)] == [line]
 
 
-@pytest.mark.parametrize("side", [CLIENT, SERVER])
 @pytest.mark.parametrize("chunking", ["whole", "bytewise"])
-def test_line_one_over_max_line_bytes_is_fatal(side: Side, chunking: str) -> None:
-    d = client(LINE_LIMITS) if side is CLIENT else server(LINE_LIMITS)
-    prefix = b"a NOOP " if side is CLIENT else b"* OK "
-    line = _line(65, prefix=prefix)
+def test_client_line_one_over_max_line_bytes_is_fatal(chunking: str) -> None:
+    d = client(LINE_LIMITS)
+    line = _line(65, prefix=b"a NOOP ")
     with pytest.raises(LimitExceeded) as info:
         feed(d, line, bytewise if chunking == "bytewise" else fixed(1 << 20))
     err = info.value
     assert err.limit == "max_line_bytes"
     assert err.fatal
-    assert err.side is side
+    assert err.side is CLIENT
     assert err.reply.startswith(b"* BYE ")
+
+
+@pytest.mark.parametrize("chunking", ["whole", "bytewise"])
+def test_server_line_one_over_max_line_bytes_goes_out_in_oversize_parts(chunking: str) -> None:
+    d = server(LINE_LIMITS)
+    line = _line(65, prefix=b"* OK ")
+    events, wait = feed(d, line, bytewise if chunking == "bytewise" else fixed(1 << 20))
+    assert wait is NEED_DATA
+    parts = frames(events)
+    assert len(parts) >= 2 and reassemble(events) == line
+    assert all(p.oversize and p.name == "OK" for p in parts)
+    assert [p.final for p in parts] == [False] * (len(parts) - 1) + [True]
 
 
 def test_line_without_lf_may_reach_max_line_bytes_but_not_exceed_it() -> None:
@@ -1201,18 +1211,40 @@ def test_twenty_digit_server_or_nonsync_literal_is_fatal(announcement: bytes) ->
     assert info.value.reply.startswith(b"* BYE [TOOBIG]")
 
 
-@pytest.mark.parametrize("digits", [21, 22, 40])
+@pytest.mark.parametrize("digits", [2, 4, 21, 22, 40, 1000])
 @pytest.mark.parametrize("side", [CLIENT, SERVER])
-def test_overlong_literal_length_is_fatal_not_ignored(digits: int, side: Side) -> None:
-    # Leading zeros make the value small ({000...0005} is 5): a peer that reads it as a
-    # literal of 5 bytes must never disagree with a proxy that reads it as plain text.
+def test_literal_length_with_leading_zeros_is_its_value(digits: int, side: Side) -> None:
+    # number = 1*DIGIT (RFC 9051 §9): {000...0005} is a literal of 5 bytes, as a server
+    # reads it; a proxy that refused it (or read it as text) would disagree with the server.
     announcement = b"{" + b"0" * (digits - 1) + b"5}"
+    d = client() if side is CLIENT else server()
+    if side is CLIENT:
+        d.authenticated = True
+    head = b"a APPEND INBOX " if side is CLIENT else b"* 1 FETCH (BODY[] "
+    data = head + announcement + b"\r\nab\r\nc)\r\n"  # the literal holds a line end
+    events, wait = feed(d, data)
+    if side is CLIENT:  # a synchronising literal: the client waits for "+"
+        assert wait is PAUSED
+        [part] = frames(events)
+        assert part.literal is not None and part.literal.size == 5
+        d.continuation()
+        events += drain(d)[0]
+    assert reassemble(events) == data
+    assert frames(events)[-1].final  # one message: the literal's CRLF ended nothing
+    assert sum(f.final for f in frames(events)) == 1
+
+
+@pytest.mark.parametrize("zeros", [0, 1, 30])
+@pytest.mark.parametrize("side", [CLIENT, SERVER])
+def test_literal_length_over_twenty_significant_digits_is_fatal(zeros: int, side: Side) -> None:
+    announcement = b"{" + b"0" * zeros + b"1" + b"0" * 20 + b"+}"  # 10**20: 21 digits
     d = client() if side is CLIENT else server()
     head = b"a APPEND INBOX " if side is CLIENT else b"* 1 FETCH (BODY[] "
     with pytest.raises(ProtocolError) as info:
-        feed(d, head + announcement + b"\r\nhello)\r\n")
+        feed(d, head + announcement + b"\r\n")
     assert info.value.fatal
     assert info.value.reply.startswith(b"* BYE ")
+    assert info.value.limit == "max_literal_bytes"
 
 
 @pytest.mark.parametrize(

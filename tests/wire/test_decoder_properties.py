@@ -69,7 +69,40 @@ HEADER = (
     b"\r\n"
 )
 
+# Server lines longer than CORPUS_LIMITS.max_line_bytes: relayed in oversize pieces.
+LONG_SEARCH = b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, 1500)) + b"\r\n"
+LONG_ENVELOPE = (
+    b'ENVELOPE ("Mon, 1 Jan 2024 00:00:00 +0000" "hi" NIL NIL NIL ('
+    + b"".join(b'(NIL NIL "user%04d" "example.org")' % i for i in range(150))
+    + b") NIL NIL NIL NIL)"
+)
+assert len(LONG_SEARCH) > 3 * 2048 and len(LONG_ENVELOPE) > 2 * 2048
+
 CORPUS: dict[str, Script] = {
+    "long-server-lines": [
+        *LOGIN,
+        (C, b"s SELECT INBOX\r\n"),
+        (S, b"* 1499 EXISTS\r\ns OK [READ-WRITE] " + b"t" * 3000 + b"\r\n"),
+        (C, b"f SEARCH ALL\r\n"),
+        (S, LONG_SEARCH + b"f OK " + b"done " * 600 + b"{5}\r\n"),
+        (C, b"g NOOP\r\n"),
+        (S, b"* OK [ALERT] " + b"!" * 5000 + b"\r\ng OK\r\n"),
+    ],
+    "long-envelope-then-literals": [
+        *LOGIN,
+        (C, b"f FETCH 1:2 (ENVELOPE BODY[])\r\n"),
+        (
+            S,
+            b"* 1 FETCH (" + LONG_ENVELOPE + b" BODY[] {0012}\r\nhello\r\nworld)\r\n"
+            b"* 2 FETCH ("
+            + LONG_ENVELOPE
+            + b" BODY[] {200}\r\n"
+            + BODY_200
+            + b" FLAGS ("
+            + b"\\Seen " * 400
+            + b"))\r\nf OK done\r\n",
+        ),
+    ],
     "rfc3501-session": [
         (S, b"* OK IMAP4rev1 Service Ready\r\n"),
         (C, b"a001 login mrc secret\r\n"),
@@ -343,14 +376,17 @@ def test_corpus_is_framed_byte_exactly_and_ends_cleanly(name: str) -> None:
 def test_corpus_covers_streaming_holds_and_several_kinds() -> None:
     kinds = set()
     streamed = 0
+    oversize = 0
     for script in CORPUS.values():
         result = replay(script, limits=CORPUS_LIMITS)
         for e in result.client + result.server:
             if isinstance(e, Frame):
                 kinds.add(e.kind)
                 streamed += e.streamed
+                oversize += e.oversize
     assert len(kinds) == 7  # every FrameKind occurs
     assert streamed >= 3
+    assert oversize >= 10
     assert len(CORPUS) >= 25
 
 
@@ -521,11 +557,17 @@ class Harness:
             )
         else:
             assert event.first
+        assert not event.oversize or event.side is S
         if event.final:
             assert event.literal is None and not event.streamed
             self.open_part = None
+        elif event.literal is None:
+            # a piece of a long server line, no larger than a part kept whole
+            assert event.oversize
+            lim = self.decoder.limits
+            assert len(event.raw) <= lim.max_line_bytes + lim.inline_literal_bytes
+            self.open_part = event
         else:
-            assert event.literal is not None
             self.open_part = event
             if (
                 event.streamed

@@ -1350,3 +1350,12 @@ def test_arbitrary_bytes_only_ever_raise_parse_error(prefix: bytes, noise: bytes
                 parse(raw)
             except ParseError as error:
                 assert error.fatal is False
+
+
+def test_literal_lengths_with_leading_zeros() -> None:
+    """RFC 9051 number = 1*DIGIT: {0005} is 5, however many zeros pad it."""
+    from imapproxy.wire import parse_command, string_value
+
+    cmd = parse_command(b"a LOGIN {" + b"0" * 30 + b"5}\r\nalice {02}\r\npw\r\n")
+    assert [string_value(a) for a in cmd.args[:1]] == [b"alice"]
+    assert len(cmd.args) == 2
