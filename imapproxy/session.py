@@ -192,6 +192,10 @@ class Session:
             for tap in self.taps:
                 tap.note(self.id, f"session end: {end.reason} ({end.detail})")
                 tap.session_closed(self.id)
+            # The end is an exception whose traceback holds this session's frames: a
+            # cycle that would keep the whole session (TLS objects, buffers) until the
+            # next full garbage collection.
+            self._end = None
 
     def shutdown(self, text: str = "shutting down") -> None:
         """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
