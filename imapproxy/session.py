@@ -544,6 +544,10 @@ class Session:
                 await flush()
 
     async def _read_client(self, read_size: int) -> None:
+        conv = self.conv
+        if conv.phase is Phase.NOT_AUTHENTICATED or conv.client.waiting_for is not None:
+            # Nothing large is legitimate now; what a stalled session holds stays small.
+            read_size = min(read_size, self.config.session_limits.guarded_read_size)
         data = await self._receive(self.client, read_size, "client")
         if data:
             self.stats.bytes_from_client += len(data)
