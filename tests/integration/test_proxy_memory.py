@@ -29,6 +29,7 @@ from imapproxy.config import (
     UpstreamTls,
 )
 from imapproxy.session import Session
+from imapproxy.transport import SocketStream
 from tests.support.burst import MIB, run_rounds, settle
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer
@@ -166,3 +167,58 @@ async def test_ended_sessions_need_no_garbage_collector(
             assert not alive, f"{len(alive)} of 3 ended sessions are kept alive by a cycle"
     finally:
         gc.enable()
+
+
+# ----------------------------------------------------------------------------- read sizes
+
+
+async def test_client_reads_are_small_before_login_and_while_paused(
+    dovecot: DovecotServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read may ask for read_size (1 MiB) only once logged in and not paused: before
+    login and while the client waits for the server's answer it asks for
+    guarded_read_size.  (What the session asks for is recorded; the socket stream may
+    read less.)"""
+    asked: list[tuple[int, int]] = []  # (local port of the stream, max_bytes)
+    original = SocketStream.receive_some
+
+    async def recording(self: SocketStream, max_bytes: int | None = None) -> bytes:
+        asked.append((self.socket.getsockname()[1], max_bytes or 0))
+        return await original(self, max_bytes)
+
+    monkeypatch.setattr(SocketStream, "receive_some", recording)
+    config = ProxyConfig(
+        listeners=(ListenerConfig(Endpoint(HOST, 0), implicit_tls=False),),
+        upstream=UpstreamConfig(Endpoint(dovecot.host, dovecot.port)),
+    )
+    limits = config.session_limits
+    async with running_proxy(config) as (_, addrs):
+        port = addrs[0][1]
+        stream = await trio.open_tcp_stream(HOST, port)
+        buf = bytearray()
+        assert (await _line(stream, buf)).startswith(b"* OK")
+        for tag in (b"n1", b"n2", b"n3"):  # a few reads before login
+            await stream.send_all(tag + b" NOOP\r\n")
+            while not (await _line(stream, buf)).startswith(tag + b" "):
+                pass
+        before_login = [n for p, n in asked if p == port]
+        await stream.send_all(b"L LOGIN alice alicepw\r\n")
+        while not (line := await _line(stream, buf)).startswith(b"L "):
+            pass
+        assert line.startswith(b"L OK"), line
+        # a synchronising literal sent without waiting: the decoder pauses for the "+"
+        asked.clear()
+        await stream.send_all(b"A APPEND INBOX {100000}\r\n")
+        assert (await _line(stream, buf)).startswith(b"+")
+        paused = [n for p, n in asked if p == port]
+        await stream.send_all(b"x" * 100_000 + b"\r\n")
+        while not (line := await _line(stream, buf)).startswith(b"A "):
+            pass
+        after = [n for p, n in asked if p == port]
+        await trio.aclose_forcefully(stream)
+    assert len(before_login) > 3
+    assert max(before_login) == limits.guarded_read_size < limits.read_size
+    # the first read after the APPEND line is made while paused (the server's "+" wakes
+    # the pump out of it, and the reads after that are full again)
+    assert paused[0] == limits.guarded_read_size
+    assert max(after) == limits.read_size  # logged in, not paused: full reads
