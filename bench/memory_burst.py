@@ -7,9 +7,11 @@ Starts a throwaway Dovecot and ``python -m imapproxy run`` as a subprocess (plai
 both legs; ``--tls``: implicit TLS on both), then runs rounds of ``--sessions`` logged-in
 sessions that each send the first ``--literal-kib`` of a ``{50000000+}`` APPEND, stall,
 and close (``tests/support/burst.py``).  Prints the proxy's RSS idle and, per round: while
-stalled, when first back within 32 MiB of idle (or after 10 s), how long that took, and
-``--later`` seconds after the close.  ``--env`` sets environment variables for the proxy
-(e.g. ``MALLOC_TRIM_THRESHOLD_=...``) to compare malloc settings.
+stalled; while stalled but after one more session ended and the proxy trimmed its heap
+(what the stalled sessions hold); when first back within 32 MiB of idle after the close
+(or after 10 s), how long that took; and ``--later`` seconds after the close.  ``--env``
+sets environment variables for the proxy (e.g. ``MALLOC_TRIM_THRESHOLD_=...``) to compare
+malloc settings.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main() -> int:
                 literal_bytes=args.literal_kib * 1024,
                 ctx=certs.client_context() if args.tls else None,
                 later=args.later,
+                held_after=2.0,
             )
     legs = "TLS" if args.tls else "plain"
     env = " ".join(args.env) or "-"

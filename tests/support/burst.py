@@ -29,6 +29,7 @@ class Round:
     after_kib: int  # RSS at the end of the wait after the sessions closed
     return_seconds: float | None  # until RSS was within the margin of idle; None: never
     later_kib: int | None = None  # RSS ``later`` seconds after the close, if asked for
+    held_kib: int | None = None  # RSS while stalled after the heap was trimmed, if asked for
 
 
 @dataclass
@@ -40,17 +41,22 @@ class BurstResult:
     def peak_kib(self) -> int:
         return max(r.stalled_kib for r in self.rounds)
 
+    @property
+    def held_kib(self) -> int:
+        return max(r.held_kib or 0 for r in self.rounds)
+
     def table(self) -> str:
         lines = [
             f"idle RSS: {self.idle_kib / 1024:.1f} MiB",
-            "round  stalled MiB  after MiB  returned in  later MiB",
+            "round  stalled MiB  held MiB  after MiB  returned in  later MiB",
         ]
         for i, r in enumerate(self.rounds, 1):
             back = f"{r.return_seconds:.2f} s" if r.return_seconds is not None else "never"
             later = f"{r.later_kib / 1024:9.1f}" if r.later_kib is not None else "        -"
+            held = f"{r.held_kib / 1024:8.1f}" if r.held_kib is not None else "       -"
             lines.append(
-                f"{i:5d}  {r.stalled_kib / 1024:11.1f}  {r.after_kib / 1024:9.1f}  {back:>11}"
-                f"  {later}"
+                f"{i:5d}  {r.stalled_kib / 1024:11.1f}  {held}  {r.after_kib / 1024:9.1f}"
+                f"  {back:>11}  {later}"
             )
         return "\n".join(lines)
 
@@ -79,6 +85,17 @@ def _login(port: int, user: str, password: str, ctx: ssl.SSLContext | None = Non
         if line.startswith(b"L "):
             assert line.startswith(b"L OK"), line
             return sock
+
+
+def _logout(sock: socket.socket) -> None:
+    """LOGOUT, and wait until the proxy has closed the connection (the session ended)."""
+    sock.sendall(b"Z LOGOUT\r\n")
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass  # e.g. a TLS connection closed without close_notify
+    sock.close()
 
 
 def _stall(sock: socket.socket, literal_bytes: int) -> None:
@@ -117,6 +134,7 @@ def run_rounds(
     return_timeout: float = 10.0,
     ctx: ssl.SSLContext | None = None,
     later: float | None = None,
+    held_after: float | None = None,
 ) -> BurstResult:
     """Run the rounds against the proxy ``pid`` listening on ``port`` (see the module doc).
 
@@ -124,13 +142,15 @@ def run_rounds(
     polled until it is within ``margin_kib`` of the idle figure, at most
     ``return_timeout`` seconds; the next round starts after that.  With ``ctx`` the
     clients use implicit TLS (``port`` must then be a TLS listener).  With ``later``, RSS
-    is also sampled that many seconds after the close (after the return, if later)."""
+    is also sampled that many seconds after the close (after the return, if later).  With
+    ``held_after``, once the round has stalled one more session logs in and out, which
+    makes the proxy trim its heap (:class:`imapproxy.malloc.HeapTrimmer`), and RSS is
+    sampled ``held_after`` seconds later: what the stalled sessions hold, without the
+    freed memory of the transfer."""
     # One ordinary session first, so that what any session allocates once (imports,
     # caches) is in the idle figure.
     user, password = login()
-    warm = _login(port, user, password, ctx)
-    warm.sendall(b"Z LOGOUT\r\n")
-    warm.close()
+    _logout(_login(port, user, password, ctx))
     result = BurstResult(idle_kib=settle(pid))
     with ThreadPoolExecutor(max_workers=16) as pool:
         for _ in range(rounds):
@@ -139,6 +159,11 @@ def run_rounds(
             try:
                 list(pool.map(lambda s: _stall(s, literal_bytes), socks))
                 stalled = settle(pid)
+                held = None
+                if held_after is not None:
+                    _logout(_login(port, *login(), ctx))
+                    time.sleep(held_after)
+                    held = settle(pid)
             finally:
                 for sock in socks:
                     sock.close()
@@ -158,5 +183,5 @@ def run_rounds(
             if later is not None:
                 time.sleep(max(0.0, start + later - time.monotonic()))
                 later_kib = vm_rss_kib(pid)
-            result.rounds.append(Round(stalled, after, returned, later_kib))
+            result.rounds.append(Round(stalled, after, returned, later_kib, held))
     return result
