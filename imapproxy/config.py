@@ -102,6 +102,11 @@ class SessionLimits:
     # transfers (measured: ~+20% FETCH throughput over 256 KiB); the buffer only lives
     # during the call and shrinks to what arrived.
     read_size: int = 1024 * 1024
+    # Bytes asked for per client receive before login and while the client waits for the
+    # server (the decoder holds what arrives then): nothing large is legitimate at those
+    # times (literals before login are at most 64 KiB; a paused decoder refuses more than
+    # max_held_bytes), so a stalled or hostile session keeps at most this much of a read.
+    guarded_read_size: int = 64 * 1024
     # Seconds the event loop polls instead of sleeping after a send (imapproxy.busypoll);
     # 0 turns it off.
     busy_poll: float = 0.0003

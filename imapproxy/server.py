@@ -21,6 +21,7 @@ import trio
 from .busypoll import BusyPoll
 from .config import ListenerConfig, ProxyConfig, UpstreamTls
 from .logsafe import MAX_DETAIL, safe
+from .malloc import HeapTrimmer
 from .session import Session, Tap
 from .tls import server_context, upstream_context
 from .transport import SocketStream
@@ -41,6 +42,7 @@ class Proxy:
         self.upstream_ssl = upstream_context(up) if up.tls is not UpstreamTls.NONE else None
         window = config.session_limits.busy_poll
         self.busy_poll = BusyPoll(window) if window > 0 else None
+        self.trimmer = HeapTrimmer()  # gives memory back once sessions have ended
         self.sessions: set[Session] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self._ids = itertools.count(1)
@@ -77,6 +79,7 @@ class Proxy:
         async with trio.open_nursery() as poller:
             if self.busy_poll is not None:
                 poller.start_soon(self.busy_poll.run)
+            poller.start_soon(self.trimmer.run)
             await self._serve(listeners, task_status)
             poller.cancel_scope.cancel()
         log.info("shut down")
@@ -158,6 +161,7 @@ class Proxy:
         finally:
             self.sessions.discard(session)
             self._session_ended.set()
+            self.trimmer.session_ended()
             self._per_address[address] -= 1
             if not self._per_address[address]:
                 del self._per_address[address]

@@ -260,6 +260,10 @@ class Session:
             for tap in self.taps:
                 tap.note(self.id, f"session end: {end.reason} ({end.detail})")
                 tap.session_closed(self.id)
+            # The end is an exception whose traceback holds this session's frames: a
+            # cycle that would keep the whole session (TLS objects, buffers) until the
+            # next full garbage collection.
+            self._end = None
 
     def shutdown(self, text: str = "shutting down") -> None:
         """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
@@ -727,6 +731,10 @@ class Session:
     async def _read_client(self, read_size: int) -> None:
         """Bytes from the client into the decoder.  They do not move the idle timer by
         themselves: only what the decoder makes of them does (``_pump_client``)."""
+        conv = self.conv
+        if conv.phase is Phase.NOT_AUTHENTICATED or conv.client.waiting_for is not None:
+            # Nothing large is legitimate now; what a stalled session holds stays small.
+            read_size = min(read_size, self.config.session_limits.guarded_read_size)
         data = await self._receive(self.client, read_size, "client")
         self.stats.bytes_from_client += len(data)
         self._client_partial = False  # known again at the next NEED_DATA
