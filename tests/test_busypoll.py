@@ -29,7 +29,9 @@ async def test_polls_for_its_window_then_sleeps() -> None:
             await trio.lowlevel.checkpoint()
             passes += 1
         elapsed = time.perf_counter() - started
-        assert 0.015 < elapsed < 1.0
+        # its window (0.02 s), then it sleeps: the upper bound only says "not for ever"
+        # (generous: a loaded machine may not run this task for a while)
+        assert 0.015 < elapsed < 5.0
         assert passes > 10
 
         await trio.sleep(0.05)

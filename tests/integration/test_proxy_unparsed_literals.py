@@ -240,16 +240,30 @@ def test_a_reused_tag_is_refused_so_answers_cannot_be_mismatched(
 
 
 def test_a_reused_tag_cannot_fake_the_logged_in_user(
-    proxy_port: int, dovecot: DovecotServer
+    dovecot: DovecotServer, tmp_path: Path
 ) -> None:
     """The second LOGIN with the same tag never reaches Dovecot, so the user the proxy
-    records is the one Dovecot logged in."""
+    records (its session log) is the one Dovecot logged in."""
     dovecot.add_user("tagreal", "pw")
-    sock = socket.create_connection(("127.0.0.1", proxy_port))
-    _read(sock, b"\r\n")
-    sock.sendall(b"a1 LOGIN tagreal pw\r\na1 LOGIN someoneelse x\r\nn NOOP\r\n")
-    answer = _read(sock, b"n OK")
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{dovecot.port}"]
+    with ProxyProcess(args, workdir=tmp_path, wait_ports=[("127.0.0.1", port)]) as proxy:
+        sock = socket.create_connection(("127.0.0.1", port))
+        _read(sock, b"\r\n")
+        sock.sendall(b"a1 LOGIN tagreal pw\r\na1 LOGIN someoneelse x\r\nn NOOP\r\n")
+        answer = _read(sock, b"n OK")
+        sock.sendall(b"z LOGOUT\r\n")
+        _read(sock, b"z OK")
+        sock.close()
     lines = _lines(answer)
     assert b"a1 BAD [CLIENTBUG] tag already in use by a command in progress" in lines, answer
     assert [ln for ln in lines if ln.startswith(b"a1 OK")], answer
     assert b"n OK" in answer
+    log = proxy.log()  # complete: the proxy has been stopped
+    logins = re.findall(r"session (\S+): authenticated as (\S+)", log)
+    assert [user for _, user in logins] == ["tagreal"], log
+    ends = dict(re.findall(r"session (\S+) end .* user=(\S+) ", log))
+    assert ends[logins[0][0]] == "tagreal", log
+    # (the other session is the start-up probe's, which never logged in)
+    assert set(ends.values()) == {"-", "tagreal"}, log
+    assert "someoneelse" not in log

@@ -19,8 +19,16 @@ taking the :class:`FakeConnection` (write your own as a plain ``async def`` when
         await conn.eof.wait()
 
 ``fake_server(lambda index: ...)`` picks a script per connection (0, 1, 2 ...).  A step that
-fails (an unexpected command, a failed TLS handshake) ends that connection and is kept in
-``FakeConnection.error``; it never disturbs the test's nursery.
+fails (an unexpected command, EOF where a command was expected, a failed TLS handshake, a
+write to a closed connection) ends that connection and is kept in ``FakeConnection.error``;
+it never disturbs the test's nursery while the test runs.
+
+A mismatch fails the test by default: when the ``async with fake_server(...)`` block ends,
+every connection is given a moment to finish its script (the proxy under test has normally
+closed it by then, so reads see EOF), and :class:`FakeServerError` is raised listing every
+connection that failed or never finished.  A test that *means* a connection to fail names
+it - ``fake_server(script, expect_errors={0})`` - and then asserts on ``conn.error``
+itself; a connection named there that does not fail is an error too.
 """
 
 from __future__ import annotations
@@ -32,7 +40,15 @@ import re
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 
 import trio
@@ -40,12 +56,26 @@ import trio
 log = logging.getLogger("tests.fakeserver")
 
 READ_SIZE = 65536
+# The start of a well-formed command (RFC 9051): a tag (ASTRING-CHARs but "+"), one
+# space, a command name, then a space or the line end.
+_COMMAND = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]+ [A-Za-z][A-Za-z0-9-]*(?: |\r\n)')
 # A literal announcement at the end of a line: {n}, {n+}, ~{n}, ~{n+}.
 _LITERAL_TAIL = re.compile(rb"~?\{(\d+)(\+?)\}\r?\n\Z")
 
 
 class ScriptError(AssertionError):
     """The peer did not do what the script expected."""
+
+
+class FakeServerError(AssertionError):
+    """At the end of ``fake_server``: a connection's script failed (or never finished)
+    where the test did not say it expected that."""
+
+
+# How long, once the test's block has ended, connections get to finish their scripts.
+# The proxy under test has normally closed them already (it is stopped first), so this is
+# only reached by a script that waits for something that never comes.
+FINISH_GRACE = 5.0
 
 
 # --------------------------------------------------------------------------- connection
@@ -86,6 +116,7 @@ class FakeConnection(_Recording):
         self.eof = trio.Event()  # the peer closed (or broke) the connection
         self.done = trio.Event()  # the script ended and the connection is closed
         self.error: BaseException | None = None
+        self.finished = False  # the script ran to its end or failed (was not cancelled)
         self._buf = bytearray()
         self._progress = trio.Event()  # set (and replaced) whenever bytes arrive
 
@@ -159,6 +190,8 @@ class FakeConnection(_Recording):
         command = await self.read_command()
         if command is None:
             raise ScriptError(f"fake connection {self.index}: EOF while expecting {name}")
+        if not _COMMAND.match(command):
+            raise ScriptError(f"fake connection {self.index}: not a command: {command[:200]!r}")
         got = command_name(command)
         if got != name.upper():
             raise ScriptError(f"fake connection {self.index}: expected {name}, got {got!r}")
@@ -273,6 +306,8 @@ class Respond:
             command = await conn.read_command()
             if command is None:
                 return
+            if not _COMMAND.match(command):
+                raise ScriptError(f"fake connection {conn.index}: not a command: {command[:200]!r}")
             name = command_name(command)
             if name == "IDLE" and name not in self.replies:
                 await conn.send(b"+ idling\r\n")
@@ -280,6 +315,8 @@ class Respond:
                 done = await conn.read_line()
                 if done is None:
                     return
+                if done.upper() != b"DONE\r\n":
+                    raise ScriptError(f"fake connection {conn.index}: {done!r} ends IDLE")
                 await conn.send(tag + b" OK IDLE done\r\n")
             else:
                 await conn.reply(table.get(name, self.default))
@@ -333,10 +370,25 @@ class Reset:
 
 @dataclass(frozen=True)
 class WaitEof:
-    """Read until the peer closes (what it sends meanwhile is recorded)."""
+    """Wait until the peer closes.  By default the peer must send nothing more meanwhile
+    (bytes read are a :class:`ScriptError`); with ``allow_data`` anything it sends is only
+    recorded."""
+
+    allow_data: bool = False
 
     async def __call__(self, conn: FakeConnection) -> None:
-        await conn.wait_eof()
+        if self.allow_data:
+            await conn.wait_eof()
+            return
+        if conn._buf:
+            raise ScriptError(
+                f"fake connection {conn.index}: unexpected {bytes(conn._buf)[:200]!r} "
+                "while waiting for EOF"
+            )
+        while data := await conn.receive():
+            raise ScriptError(
+                f"fake connection {conn.index}: unexpected {data[:200]!r} while waiting for EOF"
+            )
 
 
 @dataclass(frozen=True)
@@ -419,8 +471,10 @@ class FakeServer:
         try:
             for step in script:
                 await step(conn)
-        except Exception as exc:  # kept for the test to look at; never raised from here
+            conn.finished = True
+        except Exception as exc:  # kept; fake_server() raises it at the end unless expected
             conn.error = exc
+            conn.finished = True
             log.info("fake connection %d: script ended: %r", conn.index, exc)
         finally:
             await trio.aclose_forcefully(conn.stream)
@@ -435,18 +489,60 @@ class FakeServer:
     def errors(self) -> list[BaseException]:
         return [c.error for c in self.connections if c.error is not None]
 
+    async def finish(self, grace: float = FINISH_GRACE) -> None:
+        """Wait (at most ``grace`` seconds) until every accepted connection is done."""
+        with trio.move_on_after(grace):
+            for conn in list(self.connections):
+                await conn.done.wait()
+
+    def problems(self, expect_errors: Collection[int], grace: float) -> list[str]:
+        """What went wrong, one line per connection: unexpected errors, scripts that never
+        finished, and connections named in ``expect_errors`` that did not fail."""
+        found: list[str] = []
+        for conn in self.connections:
+            if not conn.finished:
+                found.append(
+                    f"connection {conn.index}: script still running {grace:g}s after"
+                    " the test's block ended"
+                )
+            elif conn.error is not None and conn.index not in expect_errors:
+                found.append(f"connection {conn.index}: {conn.error!r}")
+            elif conn.error is None and conn.index in expect_errors:
+                found.append(f"connection {conn.index}: expected to fail, but its script ran")
+        for index in sorted(set(expect_errors) - {c.index for c in self.connections}):
+            found.append(f"connection {index}: expected to fail, but was never made")
+        return found
+
 
 @contextlib.asynccontextmanager
 async def fake_server(
-    script: Script | ScriptFactory, *, host: str = "127.0.0.1"
+    script: Script | ScriptFactory,
+    *,
+    host: str = "127.0.0.1",
+    expect_errors: Collection[int] = frozenset(),
+    finish_grace: float = FINISH_GRACE,
 ) -> AsyncIterator[FakeServer]:
+    """Run a :class:`FakeServer` for the block; on a clean exit raise
+    :class:`FakeServerError` if any connection's script failed (except those in
+    ``expect_errors``, which must fail) or did not finish.  If the block itself raised,
+    that exception wins; the fake's errors are added to it as notes."""
     server = FakeServer(script, host=host)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         try:
             yield server
+        except BaseException as exc:
+            for conn in server.connections:
+                if conn.error is not None:
+                    exc.add_note(f"fake server connection {conn.index}: {conn.error!r}")
+            raise
+        else:
+            await server.finish(finish_grace)
         finally:
             nursery.cancel_scope.cancel()
+    problems = server.problems(expect_errors, finish_grace)
+    if problems:
+        raise FakeServerError("fake server:\n  " + "\n  ".join(problems))
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,7 @@ from imapproxy.wire import (
     Decoder,
     EndOfStream,
     Frame,
+    FrameKind,
     Hold,
     Limits,
     LiteralChunk,
@@ -451,7 +452,8 @@ class Harness:
     * the events follow the message grammar (chunks only inside a streamed literal, parts
       after the first marked ``first=False`` with the same tag and name);
     * if nothing failed, the events (plus what ``start_tls`` returned, plus what is still
-      buffered) are exactly the bytes fed.
+      buffered) are exactly the bytes fed; ``check_exact(clean=True)`` (for well-formed
+      input) requires that nothing failed, and that an ended stream was all given out.
     """
 
     decoder: Decoder
@@ -460,6 +462,7 @@ class Harness:
     events: list[Event] = field(default_factory=list)
     error: ProtocolError | None = None
     any_error: bool = False
+    first_error: ProtocolError | None = None  # fatal or not, for messages
     eof: bool = False
     eof_seen: bool = False
     tls_pending: bool = False  # STARTTLS was accepted: start_tls() is due
@@ -519,6 +522,8 @@ class Harness:
         assert type(exc).__name__ in ("ProtocolError", "LimitExceeded"), repr(exc)
         assert isinstance(exc.reply, bytes) and exc.reply.endswith(b"\r\n")
         self.any_error = True
+        if self.first_error is None:
+            self.first_error = exc
         if exc.fatal:
             assert exc.reply.startswith(b"* BYE ")
             self.error = exc
@@ -589,12 +594,14 @@ class Harness:
                 self.stream_left = self.open_part.literal.size
         self.drain()
 
-    def completed(self, status: str) -> None:
+    def completed(self, status: str, tag: bytes | None = None) -> None:
+        """The server completed ``tag`` (default: whatever the decoder holds)."""
         if self.dead:
             return
         d = self.decoder
         hold = d.waiting_for
-        tag = d._hold_tag or b"a"
+        if tag is None:
+            tag = d._hold_tag or b"a"
         try:
             settled = d.completed(tag, status)
         except ProtocolError as exc:
@@ -619,10 +626,19 @@ class Harness:
         self.open_part = None
         self.drain()
 
-    def check_exact(self) -> None:
-        if self.any_error:
-            return
+    def check_exact(self, *, clean: bool = False) -> None:
+        """The bytes fed are accounted for exactly.  After an error that cannot be checked
+        (replies replace input), so ``clean=True`` - for input that must decode - requires
+        that there was none, and that a closed stream ended cleanly with nothing left."""
         d = self.decoder
+        if clean:
+            assert self.first_error is None, f"well-formed input failed: {self.first_error!r}"
+            if self.eof:
+                assert self.eof_seen, "closed, but no EndOfStream"
+                end = self.events[-1]
+                assert isinstance(end, EndOfStream) and end.clean and end.pending == 0, end
+        elif self.any_error:
+            return
         consumed = len(self.fed) - len(self.out) - d.buffered
         assert consumed == d.discarded_bytes, (consumed, d.discarded_bytes)
         if not d.discarded_bytes:
@@ -859,13 +875,42 @@ def test_mutated_corpus_streams_only_give_events_or_protocol_errors(
     auto_answer(h, split_at(data, splits), answers, eof)
 
 
+def run_corpus_stream(script: Script, side: Side) -> Harness:
+    """One side of a corpus script through the harness.  The client side gets the answers
+    the script's server gives (its "+" lines and tagged completions, found by a server
+    decoder, so literal content is never taken for one), each when the script has it."""
+    h = Harness(Decoder(side, CORPUS_LIMITS))
+    server = Decoder(S, CORPUS_LIMITS)
+    for who, data in script:
+        if who is side:
+            h.feed(data)
+            continue
+        if side is S:
+            continue  # the server decoder needs no answers
+        server.receive_data(data)
+        while isinstance(event := server.next_event(), Frame | LiteralChunk):
+            if not isinstance(event, Frame) or not event.first:
+                continue
+            if event.kind is FrameKind.CONTINUATION:
+                h.continuation()
+            elif event.kind is FrameKind.STATUS and event.tag is not None:
+                h.completed(event.name, event.tag)
+                h.start_tls()  # (only acts after an accepted STARTTLS)
+    h.close()
+    return h
+
+
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_unmutated_corpus_streams_pass_the_harness(name: str) -> None:
-    # The harness itself must accept well-formed input (client streams answered "+" / OK).
+    """The harness accepts well-formed input: every corpus stream, each side alone (the
+    client's answered as the script's server answers), decodes without any error, ends
+    cleanly and gives out exactly the bytes fed."""
     script = CORPUS[name]
     for side in (C, S):
-        h = Harness(Decoder(side, CORPUS_LIMITS))
-        auto_answer(h, [script_bytes(script, side)], ["continuation"] * 10, eof=True)
+        h = run_corpus_stream(script, side)
+        h.check_exact(clean=True)
+        assert h.decoder.discarded_bytes == 0
+        assert reassemble(h.events) == script_bytes(script, side)
 
 
 # ======================================================================= 15. fuzz script
