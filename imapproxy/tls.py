@@ -14,7 +14,19 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """The client-facing side: our certificate, TLS 1.2 or newer."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+    for flag, path in (("--cert", cert_file), ("--key", key_file)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise OSError(f"{flag} {path}: {exc.strerror or exc}") from None
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise OSError(
+            f"--cert {cert_file} / --key {key_file}: not a PEM certificate chain and its "
+            f"private key ({exc.reason or exc})"
+        ) from None
     ctx.options |= ssl.OP_NO_COMPRESSION
     return ctx
 

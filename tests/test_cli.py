@@ -322,11 +322,6 @@ def test_bad_flags_exit_2_with_a_usage_error(argv: list[str], error: str) -> Non
     assert error in lines[-1], result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.main reports an unreadable --cert/--key as '[Errno 2] No such file or "
-    "directory', without naming the file (the OSError from load_cert_chain has no filename)",
-)
 def test_a_missing_certificate_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pem"
     result = run_cli("run", *LISTEN, *UP, "--cert", str(missing), "--key", str(missing))
@@ -351,3 +346,12 @@ def test_log_level_sets_what_the_process_logs(
     assert " WARNING imapproxy.tls: upstream TLS verification is OFF" in log, log
     assert (f"listening on 127.0.0.1:{port}" in log) is info_logged, log
     assert (" INFO " in log) is info_logged, log
+
+
+def test_a_key_that_is_not_pem_says_so(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    result = run_cli("run", *LISTEN, *UP, "--cert", str(junk), "--key", str(junk))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert str(junk) in last and "not a PEM certificate chain" in last, last
