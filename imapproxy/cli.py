@@ -19,9 +19,9 @@ from .config import (
     UpstreamConfig,
     UpstreamTls,
 )
-from .malloc import tune_malloc
-from .server import Proxy
-from .session import Tap
+from .net.malloc import tune_malloc
+from .relay.server import Proxy
+from .relay.session import Tap
 from .transcript import TranscriptWriter
 
 _TIMEOUTS = Timeouts()

@@ -107,7 +107,7 @@ class SessionLimits:
     # times (literals before login are at most 64 KiB; a paused decoder refuses more than
     # max_held_bytes), so a stalled or hostile session keeps at most this much of a read.
     guarded_read_size: int = 64 * 1024
-    # Seconds the event loop polls instead of sleeping after a send (imapproxy.busypoll);
+    # Seconds the event loop polls instead of sleeping after a send (imapproxy.net.busypoll);
     # 0 turns it off.
     busy_poll: float = 0.0003
 

@@ -6,8 +6,8 @@ import time
 
 import trio
 
-from imapproxy.busypoll import BusyPoll
-from imapproxy.transport import SocketStream
+from imapproxy.net.busypoll import BusyPoll
+from imapproxy.net.transport import SocketStream
 
 
 async def _settle() -> None:

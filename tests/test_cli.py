@@ -25,7 +25,7 @@ from imapproxy.config import (
     UpstreamConfig,
     UpstreamTls,
 )
-from imapproxy.server import Proxy
+from imapproxy.relay.server import Proxy
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import ImapClient, status_of

@@ -21,7 +21,7 @@ from imapproxy.filters import (
     SessionInfo,
     SessionView,
 )
-from imapproxy.gate import Collect, CommandGate, End, Forward, Refuse, segment_command
+from imapproxy.relay.gate import Collect, CommandGate, End, Forward, Refuse, segment_command
 from imapproxy.wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Limits, Side
 
 INFO = SessionInfo("s-1", "127.0.0.1", 1, "imap@x")

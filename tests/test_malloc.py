@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from imapproxy.malloc import TRIM_DELAY, HeapTrimmer, malloc_trim
+from imapproxy.net.malloc import TRIM_DELAY, HeapTrimmer, malloc_trim
 
 
 async def test_a_burst_of_ends_gets_one_trim_after_the_delay(

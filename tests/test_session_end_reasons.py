@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import imapproxy.session as session
-from imapproxy.session import END_REASONS, SessionEnd
+import imapproxy.relay.session as session
+from imapproxy.relay.session import END_REASONS, SessionEnd
 
 SOURCE = Path(session.__file__).read_text()
 # SessionEnd("reason", ...) and unavailable("reason", ...), on one line or the next

@@ -1,4 +1,4 @@
-"""The lean transport (imapproxy.transport) over real sockets on 127.0.0.1 and real TLS.
+"""The lean transport (imapproxy.net.transport) over real sockets on 127.0.0.1 and real TLS.
 
 What the session relies on: bytes arrive complete and in order whatever the read sizes,
 a cancelled read loses nothing (also mid-TLS-record), the peer's close is EOF (plain, or
@@ -21,8 +21,8 @@ import trio
 import trio.testing
 import trustme
 
-from imapproxy.tls import server_context
-from imapproxy.transport import TLS_WRITE_CHUNK, SocketStream, TlsStream
+from imapproxy.net.tls import server_context
+from imapproxy.net.transport import TLS_WRITE_CHUNK, SocketStream, TlsStream
 from tests.support.certs import TlsCerts, client_ssl_context, make_tls_certs
 
 

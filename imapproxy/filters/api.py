@@ -127,6 +127,11 @@ class CommandView:
     # LOGIN/AUTHENTICATE in any form, or what a client sent after a login the proxy
     # refused: ``raw`` holds credentials and must never be shown (args has them as Secret)
     sensitive: bool = False
+    # What became of it, as observers see it (they run after the deciding filters):
+    # None (passed), "replace", "reject", "answer", "disconnect", or "refuse" (the relay
+    # itself refused it: a malformed head, a tag in use); ``by`` names who decided.
+    verdict: str | None = None
+    by: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -169,6 +174,8 @@ class ResponseView:
     latency: float | None = None
     literals: tuple[LiteralInfo, ...] = ()
     oversize: bool = False
+    # Made by the proxy, not the server: the name of the filter (or "relay") that made it.
+    by: str | None = None
 
     @property
     def status(self) -> str | None:
@@ -178,7 +185,7 @@ class ResponseView:
 
 @dataclass(frozen=True, slots=True)
 class SessionEndInfo:
-    reason: str  # a closed set (see imapproxy.session), fit for a metric label
+    reason: str  # a closed set (see imapproxy.relay.session), fit for a metric label
     detail: str  # printable, for logs
     bytes_from_client: int
     bytes_from_upstream: int
@@ -270,9 +277,10 @@ class Filter:
     """Base class with no-op hooks: override what you need.
 
     Set ``name`` (used in logs, transcript records and metric labels).  A filter that
-    only watches sets ``observes_only = True``: it is then given views but its verdicts
-    are ignored, and the relay does not hold a command back to assemble it for this
-    filter alone.
+    only watches sets ``observes_only = True``: its verdicts are ignored, it runs after
+    the filters that decide and sees what became of each message (``CommandView.verdict``,
+    a replaced message as sent), and the relay does not hold a command back to assemble
+    it for this filter alone.
 
     ``wants_commands`` and ``wants_responses`` say which messages the filter wants (command names
     without ``UID``, so ``"FETCH"`` covers ``UID FETCH``; response names such as

@@ -51,6 +51,12 @@ ErrorReporter = Callable[[str, str, BaseException], None]
 
 FAILED_CLOSED_COMMAND = Reject("filter failed", status="NO", code="UNAVAILABLE")
 FAILED_CLOSED_RESPONSE = Disconnect("filter failed")
+_VERDICT_NAMES: dict[type, str] = {
+    Reject: "reject",
+    Answer: "answer",
+    Disconnect: "disconnect",
+    Replace: "replace",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,10 @@ class SessionFilters:
         failed: bool = False,
     ) -> None:
         self._filters = tuple(filters)
-        self._reversed = tuple(reversed(self._filters))
+        self._deciders = tuple(x for x in self._filters if not x[0].observes_only)
+        self._observers = tuple(x for x in self._filters if x[0].observes_only)
+        self._deciders_reversed = tuple(reversed(self._deciders))
+        self._observers_reversed = tuple(reversed(self._observers))
         self.report = on_error
         self.failed = failed  # a closed filter could not be made: end the session
         # Whether any filter decides about commands (else the relay need not assemble).
@@ -169,15 +178,34 @@ class SessionFilters:
     def command(self, cmd: CommandView, session: SessionView) -> tuple[Verdict, str | None]:
         """Run a command through the chain.  Returns the verdict (PASS, a Replace with the
         final bytes, or a terminal verdict) and the name of the filter that gave it (the
-        last replacing one for a Replace; None for PASS)."""
+        last replacing one for a Replace; None for PASS).  Observers run last, on what
+        was decided."""
+        verdict, by = self._decide_command(cmd, session)
+        if self._observers:
+            if type(verdict) is Replace:
+                cmd = replace(cmd, raw=verdict.raw, verdict="replace", by=by)
+            elif type(verdict) is not Pass:
+                cmd = replace(cmd, verdict=_VERDICT_NAMES[type(verdict)], by=by)
+            failed = self._observe("command", cmd, session, self._observers)
+            if failed is not None and type(verdict) in (Pass, Replace):
+                return FAILED_CLOSED_COMMAND, failed
+        return verdict, by
+
+    def observe_command(self, cmd: CommandView, session: SessionView) -> None:
+        """Show observers a command the relay itself refused (``cmd.verdict`` says so)."""
+        self._observe("command", cmd, session, self._observers)
+
+    def _decide_command(
+        self, cmd: CommandView, session: SessionView
+    ) -> tuple[Verdict, str | None]:
         replaced: Replace | None = None
         replaced_by: str | None = None
-        for f, on_error in self._filters:
+        for f, on_error in self._deciders:
             if f.wants_commands is not None and cmd.name not in f.wants_commands:
                 continue
             try:
                 verdict = f.command(cmd, session)
-                if type(verdict) is Pass or f.observes_only:
+                if type(verdict) is Pass:
                     continue
                 if type(verdict) is Replace:
                     if not cmd.complete:
@@ -197,6 +225,30 @@ class SessionFilters:
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_COMMAND, f.name
         return (replaced, replaced_by) if replaced is not None else (PASS, None)
+
+    def _observe(
+        self,
+        hook: str,
+        message: object,
+        session: SessionView,
+        observers: tuple[tuple[Filter, OnError], ...],
+    ) -> str | None:
+        """Run observers; returns the name of a closed one that failed (else None)."""
+        failed = None
+        for f, on_error in observers:
+            if hook == "command":
+                names = f.wants_commands
+                if names is not None and message.name not in names:  # type: ignore[attr-defined]
+                    continue
+            elif hook == "response" and not _wanted(f, message):  # type: ignore[arg-type]
+                continue
+            try:
+                getattr(f, hook)(message, session)
+            except Exception as exc:
+                self.report(f.name, hook, exc)
+                if on_error is OnError.CLOSED and failed is None:
+                    failed = f.name
+        return failed
 
     def client_line(
         self, line: ClientLineView, session: SessionView
@@ -225,14 +277,16 @@ class SessionFilters:
         return (replaced or PASS), None
 
     def response(self, resp: ResponseView, session: SessionView) -> tuple[Verdict, str | None]:
-        """Run a response through the chain in reverse order (see :meth:`command`)."""
+        """Run a response through the chain in reverse order (see :meth:`command`);
+        observers last, on the response as it is sent (or with a Drop/Disconnect)."""
         replaced: Replace | None = None
-        for f, on_error in self._reversed:
+        result: tuple[Verdict, str | None] | None = None
+        for f, on_error in self._deciders_reversed:
             if not _wanted(f, resp):
                 continue
             try:
                 verdict = f.response(resp, session)
-                if type(verdict) is Pass or f.observes_only:
+                if type(verdict) is Pass:
                     continue
                 if type(verdict) is Replace:
                     if resp.oversize:
@@ -243,15 +297,24 @@ class SessionFilters:
                 if type(verdict) is Drop:
                     if resp.tag is not None or resp.kind is FrameKind.CONTINUATION:
                         raise ValueError("only untagged responses can be dropped")
-                    return verdict, f.name
+                    result = (verdict, f.name)
+                    break
                 if type(verdict) is Disconnect:
-                    return verdict, f.name
+                    result = (verdict, f.name)
+                    break
                 raise TypeError(f"{verdict!r} is not a verdict for a response")
             except Exception as exc:
                 self.report(f.name, "response", exc)
                 if on_error is OnError.CLOSED:
-                    return FAILED_CLOSED_RESPONSE, f.name
-        return (replaced or PASS), None
+                    result = (FAILED_CLOSED_RESPONSE, f.name)
+                    break
+        if result is None:
+            result = (replaced, None) if replaced is not None else (PASS, None)
+        if self._observers_reversed and type(result[0]) is not Drop:
+            failed = self._observe("response", resp, session, self._observers_reversed)
+            if failed is not None and type(result[0]) is not Disconnect:
+                return FAILED_CLOSED_RESPONSE, failed
+        return result
 
 
 def _wanted(f: Filter, resp: ResponseView) -> bool:

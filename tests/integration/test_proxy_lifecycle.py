@@ -24,7 +24,7 @@ from imapproxy.config import (
     UpstreamConfig,
     UpstreamTls,
 )
-from imapproxy.server import Proxy
+from imapproxy.relay.server import Proxy
 from imapproxy.transcript import TranscriptWriter
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer

@@ -28,9 +28,9 @@ from imapproxy.config import (
     UpstreamConfig,
     UpstreamTls,
 )
-from imapproxy.malloc import TRIM_DELAY
-from imapproxy.session import Session
-from imapproxy.transport import SocketStream
+from imapproxy.net.malloc import TRIM_DELAY
+from imapproxy.net.transport import SocketStream
+from imapproxy.relay.session import Session
 from tests.support.burst import MIB, run_rounds, settle
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer

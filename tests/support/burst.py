@@ -144,7 +144,7 @@ def run_rounds(
     clients use implicit TLS (``port`` must then be a TLS listener).  With ``later``, RSS
     is also sampled that many seconds after the close (after the return, if later).  With
     ``held_after``, once the round has stalled one more session logs in and out, which
-    makes the proxy trim its heap (:class:`imapproxy.malloc.HeapTrimmer`), and RSS is
+    makes the proxy trim its heap (:class:`imapproxy.net.malloc.HeapTrimmer`), and RSS is
     sampled ``held_after`` seconds later: what the stalled sessions hold, without the
     freed memory of the transfer."""
     # One ordinary session first, so that what any session allocates once (imports,

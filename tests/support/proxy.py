@@ -16,8 +16,8 @@ from pathlib import Path
 import trio
 
 from imapproxy.config import ProxyConfig
-from imapproxy.server import Proxy
-from imapproxy.session import Tap
+from imapproxy.relay.server import Proxy
+from imapproxy.relay.session import Tap
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """Listeners, admission limits and graceful shutdown.
 
-Every accepted connection becomes a :class:`~imapproxy.session.Session` in one handler
+Every accepted connection becomes a :class:`~imapproxy.relay.session.Session` in one handler
 nursery.  Sessions are independent: a session's failure is logged and ends that session only.
 
 Shutdown (``Proxy.shutdown()``, wired to SIGTERM/SIGINT by the CLI): the listeners close at
@@ -18,13 +18,13 @@ from collections.abc import Sequence
 
 import trio
 
-from .busypoll import BusyPoll
-from .config import ListenerConfig, ProxyConfig, UpstreamTls
-from .logsafe import MAX_DETAIL, safe
-from .malloc import HeapTrimmer
+from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..logsafe import MAX_DETAIL, safe
+from ..net.busypoll import BusyPoll
+from ..net.malloc import HeapTrimmer
+from ..net.tls import server_context, upstream_context
+from ..net.transport import SocketStream
 from .session import Session, Tap
-from .tls import server_context, upstream_context
-from .transport import SocketStream
 
 log = logging.getLogger("imapproxy.server")
 

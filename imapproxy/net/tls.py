@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 
-from .config import UpstreamConfig
+from ..config import UpstreamConfig
 
 log = logging.getLogger("imapproxy.tls")
 

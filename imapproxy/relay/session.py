@@ -81,12 +81,12 @@ from typing import Protocol
 
 import trio
 
-from .busypoll import BusyPoll
-from .capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
-from .config import ListenerConfig, ProxyConfig, UpstreamTls
-from .logsafe import MAX_DETAIL, safe
-from .transport import SocketStream, TlsStream
-from .wire import (
+from ..capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
+from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..logsafe import MAX_DETAIL, safe
+from ..net.busypoll import BusyPoll
+from ..net.transport import SocketStream, TlsStream
+from ..wire import (
     NEED_DATA,
     PAUSED,
     Conversation,
@@ -100,7 +100,7 @@ from .wire import (
     parse_command,
     string_value,
 )
-from .wire.conversation import AUTHENTICATING_COMMANDS
+from ..wire.conversation import AUTHENTICATING_COMMANDS
 
 log = logging.getLogger("imapproxy.session")
 

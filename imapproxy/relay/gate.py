@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .filters.api import (
+from ..filters.api import (
     Answer,
     CommandView,
     Disconnect,
@@ -48,10 +48,10 @@ from .filters.api import (
     SessionView,
     Verdict,
 )
-from .filters.chain import SessionFilters, bye_line, local_reply
-from .filters.views import command_view, literal_info, response_view
-from .wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Side
-from .wire.limits import Limits
+from ..filters.chain import SessionFilters, bye_line, local_reply
+from ..filters.views import command_view, literal_info, response_view
+from ..wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Side
+from ..wire.limits import Limits
 
 # ------------------------------------------------------------------------ decisions
 

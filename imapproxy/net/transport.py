@@ -29,7 +29,7 @@ What they do differently:
 * :class:`SocketStream` remembers the size of the last read; after a small one (the peer
   now waits for us), the next read waits for readability first instead of trying ``recv``
   into an EAGAIN.  A send that completes at once returns without a scheduler round trip
-  (and tells the :class:`~imapproxy.busypoll.BusyPoll`, if any).  Every ``receive_some``
+  (and tells the :class:`~imapproxy.net.busypoll.BusyPoll`, if any).  Every ``receive_some``
   yields to the scheduler exactly once (a wait or a checkpoint), so a busy pump cannot
   starve the others.
 * :class:`TlsStream` drives an :class:`ssl.SSLObject` over memory BIOs directly.  Reads
@@ -102,7 +102,7 @@ class SocketStream(trio.abc.Stream):
     def __init__(self, sock: socket.socket, *, busy_poll: BusyPoll | None = None) -> None:
         sock.setblocking(False)
         self.socket = sock
-        self.busy_poll = busy_poll  # told after each send (see imapproxy.busypoll)
+        self.busy_poll = busy_poll  # told after each send (see imapproxy.net.busypoll)
         self._last_read = 0  # a fresh connection: the peer speaks when it is ready
         self._closed = False
         self._receiving = False
