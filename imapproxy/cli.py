@@ -1,4 +1,4 @@
-"""Command line: ``imapproxy run ...`` (the composition root: config, TLS, taps, signals)."""
+"""Command line: ``imapproxy run ...`` (the composition root: config, filters, signals)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
+from . import configfile
 from .config import (
     Endpoint,
     ListenerConfig,
@@ -19,10 +21,9 @@ from .config import (
     UpstreamConfig,
     UpstreamTls,
 )
+from .filters.chain import FilterChain
 from .net.malloc import tune_malloc
 from .relay.server import Proxy
-from .relay.session import Tap
-from .transcript import TranscriptWriter
 
 _TIMEOUTS = Timeouts()
 _LIMITS = SessionLimits()
@@ -116,10 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--transcript",
         action="store_true",
-        help="print every command and response (secrets redacted) to stdout",
+        help="print every command and response (secrets redacted) to stdout: shorthand "
+        'for a [[filters]] use = "transcript", path = "-", format = "text"',
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file: the filter chain ([[filters]]); flags still "
+        "configure the rest",
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.set_defaults(run_parser=run)
     return parser
+
+
+def filters_from_args(args: argparse.Namespace) -> FilterChain:
+    """The configured filter chain: the config file's, then ``--transcript``'s."""
+    tables: list[dict[str, Any]] = []
+    if args.config:
+        tables += configfile.load_tables(args.config)
+    if args.transcript:
+        tables.append(
+            {"use": "transcript", "name": "--transcript", "path": "-", "format": "text",
+             "on_error": "open"}
+        )  # fmt: skip
+    return configfile.chain_from_tables(tables)
 
 
 def config_from_args(args: argparse.Namespace) -> ProxyConfig:
@@ -163,8 +185,12 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
 async def _run(proxy: Proxy) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
             async for signum in signals:
+                if signum == signal.SIGUSR1:  # logrotate moved the transcript: reopen it
+                    logging.getLogger("imapproxy").info("got SIGUSR1: reopening files")
+                    proxy.reopen()
+                    continue
                 logging.getLogger("imapproxy").info(
                     "got %s: shutting down", signal.Signals(signum).name
                 )
@@ -182,10 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
-        taps: list[Tap] = [TranscriptWriter(sys.stdout)] if args.transcript else []
-        proxy = Proxy(config, taps=taps)
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
+        proxy = Proxy(config, filters=filters_from_args(args))
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+        args.run_parser.error(str(exc))
     tune_malloc()
     trio.run(_run, proxy)
     return 0

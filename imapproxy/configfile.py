@@ -38,6 +38,23 @@ class FileConfig:
 
 
 def load(path: str | Path, builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS) -> FileConfig:
+    return from_mapping(_read(path), builtins)
+
+
+def load_tables(path: str | Path) -> list[dict[str, Any]]:
+    """The ``[[filters]]`` tables of a config file (checked: known keys, a list)."""
+    data = _read(path)
+    _check_top(data)
+    return list(data.get("filters", []))
+
+
+def chain_from_tables(
+    tables: list[dict[str, Any]], builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS
+) -> FilterChain:
+    return build_chain(tables, builtins)
+
+
+def _read(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -49,16 +66,19 @@ def load(path: str | Path, builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"config file {p}: not valid TOML: {exc}") from None
-    return from_mapping(data, builtins)
+    return data
 
 
 def from_mapping(
     data: Mapping[str, Any], builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS
 ) -> FileConfig:
+    _check_top(data)
+    return FileConfig(filters=build_chain(data.get("filters", []), builtins))
+
+
+def _check_top(data: Mapping[str, Any]) -> None:
     for key in data:
         if key not in _TOP_LEVEL:
             raise ConfigError(key, f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})")
-    filters = data.get("filters", [])
-    if not isinstance(filters, list):
+    if not isinstance(data.get("filters", []), list):
         raise ConfigError("filters", "expected an array of tables ([[filters]])")
-    return FileConfig(filters=build_chain(filters, builtins))

@@ -8,6 +8,7 @@ import pytest
 
 from imapproxy.filters import (
     DROP,
+    PASS,
     Answer,
     ChainEntry,
     CommandView,
@@ -37,7 +38,8 @@ class Decide(Filter):
         self.responses: list[ResponseView] = []
 
     def command(self, cmd, session):  # type: ignore[no-untyped-def]
-        self.seen.append(cmd)
+        if cmd.complete or (cmd.literals[-1:] and not cmd.literals[-1].inline):
+            self.seen.append(cmd)  # (not the partial views of a command being assembled)
         return self.fn(cmd)
 
     def response(self, resp, session):  # type: ignore[no-untyped-def]
@@ -74,8 +76,6 @@ def drive(gate: CommandGate, data: bytes) -> list[object]:
 
 
 def passing(cmd: CommandView) -> object:
-    from imapproxy.filters import PASS
-
     return PASS
 
 
@@ -112,9 +112,16 @@ def test_decision_on_the_head_of_a_streamed_literal() -> None:
 
 
 def test_reject_and_answer_make_local_replies() -> None:
-    gate, _, _ = gate_with(lambda c: Reject("Finance is closed", code="NOPERM"))
-    [d] = drive(gate, b"a1 SELECT {7}\r\nFinance\r\n")[1:]
+    gate, _, _ = gate_with(
+        lambda c: Reject("Finance is closed", code="NOPERM") if b"Finance" in c.raw else PASS
+    )
+    [collect, d] = drive(gate, b"a1 SELECT {7}\r\nFinance\r\n")
+    assert collect == Collect(ack=True)
     assert isinstance(d, Refuse) and d.reply == b"a1 NO [NOPERM] Finance is closed\r\n"
+    # a filter that can refuse on the head does so before the client sends the literal
+    gate, _, _ = gate_with(lambda c: Reject("no SELECT", code="NOPERM"))
+    [d] = drive(gate, b"a1 SELECT {7}\r\n")
+    assert isinstance(d, Refuse) and d.reply == b"a1 NO [NOPERM] no SELECT\r\n"
     gate, _, _ = gate_with(lambda c: Answer((b"* ID NIL\r\n",), "ID completed"))
     [d] = drive(gate, b"x ID NIL\r\n")
     assert isinstance(d, Refuse) and d.reply == b"* ID NIL\r\nx OK ID completed\r\n"
@@ -141,7 +148,8 @@ def test_too_big_to_hold_is_refused() -> None:
     data = b"a1 X" + b"".join(b" {%d+}\r\n" % len(big) + big for _ in range(5)) + b"\r\n"
     decisions = drive(gate, data)
     refused = [d for d in decisions if isinstance(d, Refuse)]
-    assert refused and b"[TOOBIG]" in refused[0].reply and f.seen == []
+    assert refused and b"[TOOBIG]" in refused[0].reply
+    assert all(not c.complete for c in f.seen)  # never shown it whole
 
 
 def test_exchange_commands_take_no_literal() -> None:
@@ -221,5 +229,6 @@ def test_only_wanted_commands_are_held_or_viewed() -> None:
     gate = CommandGate(chain.open(INFO, lambda *a: None), SessionView(INFO), LIMITS,
                        clock=lambda: 0.0)  # fmt: skip
     decisions = drive(gate, b"a2 LOGIN {5}\r\nalice pw\r\n")
-    assert decisions[0] == Collect(ack=True) and isinstance(decisions[1], Refuse)
+    # refused on its head: the client is never asked for the literal
+    assert len(decisions) == 1 and isinstance(decisions[0], Refuse)
     assert f.seen == ["LOGIN"]

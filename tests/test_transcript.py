@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import replace
 
 import pytest
 
+from imapproxy.filters import (
+    ChainEntry,
+    ClientLineView,
+    FilterChain,
+    OnError,
+    SessionEndInfo,
+    SessionInfo,
+    SessionView,
+)
+from imapproxy.filters.sink import RecordSink
+from imapproxy.filters.transcript import TranscriptFactory, format_text, redacted_command
+from imapproxy.filters.views import command_view
 from imapproxy.logsafe import printable
-from imapproxy.transcript import TranscriptWriter, redacted
-from imapproxy.wire import Decoder, Frame, LiteralChunk, Side
+from imapproxy.relay.gate import CommandGate
+from imapproxy.wire import Decoder, Frame, FrameKind, Limits, LiteralChunk, Secret, Side
 from tests.wire.test_secrets import EXCHANGES, REFUSALS, Exchange, Refusal, relay_like, run_exchange
+
+INFO = SessionInfo("s1", "127.0.0.1", 1, "imap@test")
+_SINKS: list[RecordSink] = []
+
+
+def transcript_chain(out: io.StringIO) -> FilterChain:
+    sink = RecordSink("-", format_text, stream=out)
+    sink.start()
+    _SINKS.append(sink)
+    return FilterChain([ChainEntry("transcript", TranscriptFactory(sink, bodies=False),
+                                   OnError.OPEN)])  # fmt: skip
 
 
 def _frame(line: bytes) -> Frame:
@@ -21,12 +45,39 @@ def _frame(line: bytes) -> Frame:
     return event
 
 
+def redacted(frame: Frame) -> str:
+    """How the transcript filter shows the command of this (whole) frame."""
+    view = replace(command_view(frame.raw, frame), sensitive=frame.sensitive)
+    return redacted_command(view, bodies=False)
+
+
+def _transcript_of(events: list[Frame | LiteralChunk]) -> str:
+    """The text transcript of client events, through the transcript filter as the relay
+    drives it (commands shown through the gate, SASL lines and DONE as client lines)."""
+    out = io.StringIO()
+    filters = transcript_chain(out).open(INFO, lambda *a: None)
+    view = SessionView(INFO)
+    gate = CommandGate(filters, view, Limits(), clock=lambda: 0.0)
+    for event in events:
+        if isinstance(event, Frame):
+            if event.kind is FrameKind.COMMAND:
+                assert gate.command_part(event) is None  # observed, never held
+            else:
+                filters.client_line(
+                    ClientLineView(event.kind, event.tag, Secret(event.raw), len(event.raw)),
+                    view,
+                )
+    filters.session_ended(view, SessionEndInfo("closed", "closed", 0, 0, 0.0))
+    _SINKS.pop().close()
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(
     ("line", "shown"),
     [
         (b"a AUTHENTICATE PLAIN AGFsaWNlAGFsaWNlcHc=\r\n", "a AUTHENTICATE PLAIN ***"),
-        (b"a AUTHENTICATE PLAIN\tAGFsaWNlAGFsaWNlcHc=\r\n", "a AUTHENTICATE PLAIN ***"),
-        (b"a authenticate plain AGFsaWNlAGFsaWNlcHc=\r\n", "a authenticate plain ***"),
+        (b"a AUTHENTICATE PLAIN\tAGFsaWNlAGFsaWNlcHc=\r\n", "a AUTHENTICATE ***"),
+        (b"a authenticate plain AGFsaWNlAGFsaWNlcHc=\r\n", "a AUTHENTICATE PLAIN ***"),
         (b"a AUTHENTICATE XOAUTH2\r\n", "a AUTHENTICATE XOAUTH2"),
         (b"a LOGIN alice alicepw\r\n", "a LOGIN alice ***"),
         (b'a LOGIN "alice" "ali ce\\"pw"\r\n', "a LOGIN alice ***"),
@@ -38,32 +89,26 @@ def test_credentials_are_redacted(line: bytes, shown: str) -> None:
 
 def test_writer_shows_latency_and_no_password() -> None:
     out = io.StringIO()
-    writer = TranscriptWriter(out)
-    writer.frame("s1", _frame(b"a LOGIN alice alicepw\r\n"), to_upstream=True)
+    filters = transcript_chain(out).open(INFO, lambda *a: None)
+    view = SessionView(INFO)
+    now = [10.0]
+    gate = CommandGate(filters, view, Limits(), clock=lambda: now[0])
+    gate.command_part(_frame(b"a LOGIN alice alicepw\r\n"))
+    now[0] += 0.0123
     server = Decoder(Side.SERVER)
     server.receive_data(b"* OK hi\r\na OK done\r\n")
     server.next_event()
     done = server.next_event()
     assert isinstance(done, Frame)
-    writer.frame("s1", done, to_upstream=False)
+    gate.response(done)
+    _SINKS.pop().close()
     text = out.getvalue()
     assert "alicepw" not in text
     assert "C: a LOGIN alice ***" in text
-    assert "S: a OK done  (" in text and " ms)" in text
+    assert "S: a OK done  (12.3 ms)" in text
 
 
 # ------------------------------------------------------------------ the secrets battery
-
-
-def _transcript_of(events: list[Frame | LiteralChunk]) -> str:
-    out = io.StringIO()
-    writer = TranscriptWriter(out)
-    for event in events:
-        if isinstance(event, Frame):
-            writer.frame("s1", event, to_upstream=True)
-        else:
-            writer.chunk("s1", event, to_upstream=True)
-    return out.getvalue()
 
 
 def _forms(needle: str) -> set[str]:
@@ -130,31 +175,37 @@ def test_a_long_user_name_is_cut() -> None:
     assert text.startswith("a LOGIN uuu") and len(text) < 400
 
 
-def test_notes_are_one_line() -> None:
+def test_session_end_is_one_line() -> None:
     out = io.StringIO()
-    TranscriptWriter(out).note("s1", "session end: logout (BYE \r\nforged\x1b[31m)")
+    filters = transcript_chain(out).open(INFO, lambda *a: None)
+    detail = "BYE \r\nforged\x1b[31m"
+    filters.session_ended(SessionView(INFO), SessionEndInfo("upstream_bye", detail, 1, 2, 0.5))
+    _SINKS.pop().close()
     text = out.getvalue()
     assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text
     assert "BYE \\r\\nforged\\x1b[31m" in text
 
 
-def test_a_long_server_line_is_shown_once_with_its_size() -> None:
-    from imapproxy.wire import Limits
-
+def test_a_long_server_line_is_shown_once() -> None:
+    """The relay offers a response's first part only: a line relayed in oversize pieces
+    is shown once, its beginning and "long line"."""
     server = Decoder(Side.SERVER, Limits(max_line_bytes=256))
     line = b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, 2000)) + b"\r\n"
     server.receive_data(b"* OK hi\r\n" + line + b"a OK done\r\n")
     out = io.StringIO()
-    writer = TranscriptWriter(out)
-    writer.frame("s1", _frame(b"a SEARCH ALL\r\n"), to_upstream=True)
+    filters = transcript_chain(out).open(INFO, lambda *a: None)
+    gate = CommandGate(filters, SessionView(INFO), Limits(), clock=lambda: 0.0)
+    gate.command_part(_frame(b"a SEARCH ALL\r\n"))
     pieces = 0
     while isinstance(event := server.next_event(), Frame):
         pieces += event.oversize
-        writer.frame("s1", event, to_upstream=False)
+        if event.first:
+            gate.response(event, oversize=event.oversize)
+    _SINKS.pop().close()
     assert pieces > 10
     lines = out.getvalue().splitlines()
     assert len(lines) == 4  # the command, the greeting, the long line once, the completion
     assert "S: * SEARCH 1 2 3 4 5 " in lines[2]
-    assert lines[2].endswith(f"... (long line, {len(line)} bytes)")
+    assert lines[2].endswith("... (long line, more than 224 bytes)"), lines[2]
     assert len(lines[2]) < 400
     assert "S: a OK done" in lines[3] and " ms)" in lines[3]

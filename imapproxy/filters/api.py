@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from ..wire.conversation import Phase  # RFC 9051 §3 states, as the server confirmed them
 from ..wire.events import FrameKind
 from ..wire.secret import Secret
 from ..wire.tokens import Token
@@ -58,15 +59,6 @@ class SessionInfo:
     client_port: int
     listener: str  # the listener's name, e.g. "imap@127.0.0.1:1143"
     starttls: bool = False  # the listener offers STARTTLS (plain, with a certificate)
-
-
-class Phase(enum.Enum):
-    """RFC 9051 §3 states, as the relay has seen the server confirm them."""
-
-    NOT_AUTHENTICATED = "not_authenticated"
-    AUTHENTICATED = "authenticated"
-    SELECTED = "selected"
-    LOGOUT = "logout"
 
 
 @dataclass(slots=True)
@@ -128,7 +120,8 @@ class CommandView:
     # refused: ``raw`` holds credentials and must never be shown (args has them as Secret)
     sensitive: bool = False
     # What became of it, as observers see it (they run after the deciding filters):
-    # None (passed), "replace", "reject", "answer", "disconnect", or "refuse" (the relay
+    # None (passed), "replace", "reject", "answer", "disconnect", "abandoned" (the server
+    # refused a literal of it: the rest never came), or "refuse" (the relay
     # itself refused it: a malformed head, a tag in use); ``by`` names who decided.
     verdict: str | None = None
     by: str | None = None
@@ -288,6 +281,9 @@ class Filter:
     only for messages some filter wants, so a narrow filter costs nothing elsewhere.
     ``wants_codes`` adds status responses (and greetings) that carry one of these
     response codes (``"CAPABILITY"``, ``"ALERT"``, ...), whatever their name.
+    :meth:`decided_commands` narrows, among the wanted commands, those the filter may
+    refuse, answer or replace: only those are held back until whole (the others are
+    shown once their last part has gone by, and a verdict on them is not acted on).
     """
 
     name: ClassVar[str] = "filter"
@@ -295,6 +291,10 @@ class Filter:
     wants_commands: ClassVar[frozenset[str] | None] = None
     wants_responses: ClassVar[frozenset[str] | None] = None
     wants_codes: ClassVar[frozenset[str]] = frozenset()
+
+    def decided_commands(self) -> frozenset[str] | None:
+        """The commands this filter may decide about (None: every wanted command)."""
+        return self.wants_commands
 
     def session_started(self, session: SessionView) -> None:
         return None

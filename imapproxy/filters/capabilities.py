@@ -16,7 +16,10 @@ rule as :meth:`CapabilityFilter.offers_starttls`.
 
 from __future__ import annotations
 
+import logging
+
 from ..capabilities import CapabilityPolicy, mediate_raw
+from ..wire.events import FrameKind
 from .api import (
     PASS,
     CommandView,
@@ -30,6 +33,9 @@ from .api import (
     Verdict,
 )
 
+log = logging.getLogger("imapproxy.session")
+_DECIDED = frozenset({"COMPRESS"})
+_DECIDED_TLS = frozenset({"COMPRESS", "LOGIN", "AUTHENTICATE"})
 TLS_REQUIRED = Reject("Use STARTTLS before logging in", status="NO", code="PRIVACYREQUIRED")
 NO_COMPRESS = Reject("COMPRESS is not available through this proxy", status="NO", code="CANNOT")
 
@@ -44,6 +50,11 @@ class CapabilityFilter(Filter):
         self.info = info
         self.require_tls_for_login = require_tls_for_login
         self._logins: set[bytes] = set()  # tags of logins in progress
+
+    def decided_commands(self) -> frozenset[str]:
+        # Logins are only watched (for STARTTLS's rule) unless they may be refused: then
+        # they are held back until whole, so that nothing of one reaches the server.
+        return _DECIDED_TLS if self.require_tls_for_login else _DECIDED
 
     def login_disabled(self, session: SessionView) -> bool:
         return self.require_tls_for_login and session.tls is None
@@ -71,6 +82,16 @@ class CapabilityFilter(Filter):
     def response(self, resp: ResponseView, session: SessionView) -> Verdict:
         if resp.tag is not None:
             self._logins.discard(resp.tag)
+        if resp.oversize and resp.kind is FrameKind.DATA:
+            # A * CAPABILITY list longer than the line limit is relayed in pieces, as it
+            # is: logged.  The proxy still answers STARTTLS and refuses COMPRESS (and a
+            # login before TLS when it must), whatever the client was told.  (The first
+            # piece of a long status still holds its [CAPABILITY] code: mediated.)
+            log.warning(
+                "session %s: capability list longer than the line limit relayed unmediated",
+                self.info.id,
+            )
+            return PASS
         policy = CapabilityPolicy(
             offer_starttls=self.offers_starttls(session),
             login_disabled=self.login_disabled(session),

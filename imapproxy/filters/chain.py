@@ -109,12 +109,11 @@ class SessionFilters:
         self.report = on_error
         self.failed = failed  # a closed filter could not be made: end the session
         # Whether any filter decides about commands (else the relay need not assemble).
-        self.decides = any(not f.observes_only and f.wants_commands != frozenset()
-                           for f, _ in self._filters)  # fmt: skip
         self._command_names = _union(f.wants_commands for f, _ in self._filters)
         self._decided_names = _union(
-            f.wants_commands for f, _ in self._filters if not f.observes_only
+            f.decided_commands() for f, _ in self._filters if not f.observes_only
         )
+        self.decides = self._decided_names != frozenset()
         self._response_names = _union(f.wants_responses for f, _ in self._filters)
         self._codes = frozenset().union(*(f.wants_codes for f, _ in self._filters))
 
@@ -191,6 +190,16 @@ class SessionFilters:
                 return FAILED_CLOSED_COMMAND, failed
         return verdict, by
 
+    def precheck(self, cmd: CommandView, session: SessionView) -> tuple[Verdict, str | None]:
+        """The deciding filters on a command the relay is still assembling (``complete``
+        False, ``raw`` up to a small literal it has not yet asked the client for): a
+        refusal now saves the client sending the literal.  Only terminal verdicts count;
+        observers are not shown partial commands."""
+        verdict, by = self._decide_command(cmd, session)
+        if type(verdict) is Pass or type(verdict) is Replace:
+            return PASS, None
+        return verdict, by
+
     def observe_command(self, cmd: CommandView, session: SessionView) -> None:
         """Show observers a command the relay itself refused (``cmd.verdict`` says so)."""
         self._observe("command", cmd, session, self._observers)
@@ -207,6 +216,9 @@ class SessionFilters:
                 verdict = f.command(cmd, session)
                 if type(verdict) is Pass:
                     continue
+                decided = f.decided_commands()
+                if decided is not None and cmd.name not in decided:
+                    continue  # shown, not held back: not this filter's to decide
                 if type(verdict) is Replace:
                     if not cmd.complete:
                         raise ValueError("Replace of a command whose literal streams")

@@ -224,7 +224,8 @@ class TranscriptFilter(Filter):
         fields: dict[str, Any] = {
             "tag": None if resp.tag is None else printable(resp.tag, 64),
             "name": resp.name,
-            "text": render(resp.raw, resp.literals, bodies=self.bodies),
+            "text": render(resp.raw, resp.literals, bodies=self.bodies)
+            + (f"... (long line, more than {len(resp.raw)} bytes)" if resp.oversize else ""),
             "bytes": len(resp.raw) + sum(lit.size for lit in resp.literals if not lit.inline),
             "literals": [lit.size for lit in resp.literals],
         }

@@ -141,6 +141,8 @@ class CommandGate:
         """A COMMAND frame from the client decoder (after the relay's own safety checks).
         Returns None when the gate has nothing to say (forward the frame as usual)."""
         if frame.first:
+            if self._parts:  # the last message ended unfinished (its literal refused)
+                self._abandoned()
             name = frame.name[4:] if frame.name.startswith("UID ") else frame.name
             if self.filters.decides_command(name):
                 self._mode = _HOLD
@@ -169,6 +171,16 @@ class CommandGate:
             self._size += len(frame.raw) + literal.size
             if self._size > self.max_assembled:
                 return self._too_big(frame)
+            # a filter that can refuse on what has come so far does so before the
+            # client sends the literal
+            partial = self._view(self._parts, frame, streams=True)
+            verdict, by = self.filters.precheck(partial, self.session)
+            if type(verdict) is not Pass:
+                self._parts = []
+                self._size = 0
+                if type(verdict) is Disconnect:
+                    return End(bye_line(verdict), by, verdict.text)
+                return self._refused(partial, verdict, by)  # type: ignore[arg-type]
             return Collect(ack=literal.sync)
         parts = [*self._parts, frame]
         self._parts = []
@@ -232,10 +244,16 @@ class CommandGate:
         reject = Reject(text, status="BAD", code=code)
         return self._refused(view, reject, None)
 
-    def abandon(self) -> None:
-        """The client's message ended without the gate deciding (the relay refused it)."""
+    def _abandoned(self) -> None:
+        """A message that ended before its last part: the server refused a literal of a
+        command the gate let by in parts (observed), or the relay refused a part.
+        Observers are shown what went by."""
+        parts = self._parts
         self._parts = []
         self._size = 0
+        if self._mode is _OBSERVE:
+            view = replace(self._view(parts, parts[-1], streams=True), verdict="abandoned")
+            self.filters.observe_command(view, self.session)
 
     # ------------------------------------------------------------------ responses
 

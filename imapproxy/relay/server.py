@@ -14,25 +14,33 @@ import collections
 import itertools
 import logging
 import os
-from collections.abc import Sequence
 
 import trio
 
 from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..filters.capabilities import CapabilityFilter
+from ..filters.chain import ChainEntry, FilterChain
 from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
 from ..net.malloc import HeapTrimmer
 from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
-from .session import Session, Tap
+from .session import Session
 
 log = logging.getLogger("imapproxy.server")
 
 
 class Proxy:
-    def __init__(self, config: ProxyConfig, *, taps: Sequence[Tap] = ()) -> None:
+    def __init__(self, config: ProxyConfig, *, filters: FilterChain | None = None) -> None:
+        """``filters``: the configured chain; the capability stage always runs first."""
         self.config = config
-        self.taps = tuple(taps)
+        self.configured = filters or FilterChain()
+        require_tls = config.require_tls_for_login
+        stage = ChainEntry(
+            CapabilityFilter.name,
+            lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
+        )
+        self.filters = FilterChain((stage, *self.configured.entries))
         self.server_ssl = (
             server_context(config.cert_file, config.key_file)
             if config.cert_file and config.key_file
@@ -76,13 +84,29 @@ class Proxy:
                     if self.server_ssl
                     else "plain",
                 )
-        async with trio.open_nursery() as poller:
-            if self.busy_poll is not None:
-                poller.start_soon(self.busy_poll.run)
-            poller.start_soon(self.trimmer.run)
-            await self._serve(listeners, task_status)
-            poller.cancel_scope.cancel()
+        self._lifecycle("start")
+        try:
+            async with trio.open_nursery() as poller:
+                if self.busy_poll is not None:
+                    poller.start_soon(self.busy_poll.run)
+                poller.start_soon(self.trimmer.run)
+                await self._serve(listeners, task_status)
+                poller.cancel_scope.cancel()
+        finally:
+            self._lifecycle("close")
         log.info("shut down")
+
+    def reopen(self) -> None:
+        """Reopen the filters' output files (SIGUSR1, after logrotate moved them)."""
+        self._lifecycle("reopen")
+
+    def _lifecycle(self, step: str) -> None:
+        """Process-wide parts of filters (a transcript's file): a factory may have
+        ``start``, ``reopen`` and ``close``."""
+        for entry in self.configured.entries:
+            method = getattr(entry.factory, step, None)
+            if method is not None:
+                method()
 
     async def _serve(
         self,
@@ -151,7 +175,7 @@ class Proxy:
             config=self.config,
             server_ssl=self.server_ssl,
             upstream_ssl=self.upstream_ssl,
-            taps=self.taps,
+            filters=self.filters,
             busy_poll=self.busy_poll,
         )
         self.sessions.add(session)

@@ -75,14 +75,16 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 import trio
 
-from ..capabilities import CapabilityPolicy, listed_capabilities, mediate_frame, with_code_list
+from ..capabilities import listed_capabilities, with_code_list
 from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..filters.api import SessionEndInfo, SessionInfo, SessionView, TlsInfo
+from ..filters.chain import FilterChain
+from ..filters.views import command_view, decode_mailbox
 from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
 from ..net.transport import SocketStream, TlsStream
@@ -101,74 +103,19 @@ from ..wire import (
     string_value,
 )
 from ..wire.conversation import AUTHENTICATING_COMMANDS
+from .ends import END_REASONS, SessionEnd, unavailable
+from .filtering import NOT_GATED, Filtering
 
 log = logging.getLogger("imapproxy.session")
 
+__all__ = ["END_REASONS", "Session", "SessionEnd", "SessionStats", "unavailable"]
+
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
-_LOCAL_COMMANDS = frozenset({"STARTTLS", "COMPRESS"})
-_MAYBE_LOCAL = _LOCAL_COMMANDS | AUTHENTICATING_COMMANDS
 
-
-class Tap(Protocol):
-    """Something that watches the relayed traffic (a transcript, later metrics)."""
-
-    def frame(self, session_id: str, frame: Frame, *, to_upstream: bool) -> None: ...
-
-    def chunk(self, session_id: str, chunk: LiteralChunk, *, to_upstream: bool) -> None: ...
-
-    def note(self, session_id: str, text: str) -> None: ...
-
-    def session_closed(self, session_id: str) -> None: ...
-
-
-END_REASONS: dict[str, str] = {
-    # the client
-    "logout": "the client's LOGOUT was answered",
-    "client_closed": "the client closed or broke the connection",
-    "client_protocol_error": "the client broke the protocol or a limit (BYE)",
-    "tls_failed": "the client's TLS handshake failed or timed out",
-    "idle_timeout": "the client sent nothing for the idle timeout",
-    "client_stalled": "the client stopped for the idle timeout in the middle of a message",
-    "login_timeout": "no login within login_timeout of connecting (the client's deadline)",
-    # the server
-    "upstream_bye": "the server said BYE by itself (shutdown, its own timeout)",
-    "upstream_stalled": "a command in progress, the client waiting: the server said nothing "
-    "for the answer timeout",
-    "upstream_unavailable": "cannot connect to the server, or it did not greet in time",
-    "upstream_refused": "the server greeted with BYE",
-    "upstream_tls_failed": "TLS (or STARTTLS) to the server failed",
-    "upstream_protocol": "the server broke the protocol during set-up",
-    "upstream_protocol_error": "the server broke the protocol or a limit during the relay",
-    "upstream_closed": "the server closed or broke the connection",
-    "upstream_desync": "the server asked for a continuation nothing waited for",
-    # the proxy
-    "shutdown": "the proxy shut down (after the drain)",
-    "connection_lost": "a connection broke while the proxy wrote to it",
-    "closed": "both directions ended without another reason",
-    "cancelled": "the proxy stopped the session's task",
-    "error": "an internal error (logged with its traceback)",
-}
 
 _AUTOLOGOUT = b"* BYE Autologout; idle for too long\r\n"  # RFC 9051 section 7.1.5's text
 _LOGIN_TIMEOUT_BYE = b"* BYE Autologout; login timeout\r\n"
 _SHOWN_BYE = 120  # characters of a server's BYE text shown in the end line
-
-
-class SessionEnd(Exception):
-    """Ends a session with a reason (a closed set, fit for metric labels) and a BYE."""
-
-    def __init__(self, reason: str, detail: str, bye: bytes | None = None) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.bye = bye
-
-
-def unavailable(reason: str, detail: str) -> SessionEnd:
-    text = detail.replace("\r", " ").replace("\n", " ")
-    return SessionEnd(
-        reason, detail, b"* BYE [UNAVAILABLE] " + text.encode("ascii", "replace") + b"\r\n"
-    )
 
 
 @dataclass(slots=True)
@@ -189,7 +136,7 @@ class Session:
         config: ProxyConfig,
         server_ssl: ssl.SSLContext | None,
         upstream_ssl: ssl.SSLContext | None,
-        taps: Sequence[Tap] = (),
+        filters: FilterChain,
         busy_poll: BusyPoll | None = None,
     ) -> None:
         self.id = session_id
@@ -201,12 +148,14 @@ class Session:
         self.server_ssl = server_ssl
         self.upstream_ssl = upstream_ssl
         self.busy_poll = busy_poll
-        self.taps = tuple(taps)
+        self.chain = filters
+        self.filtering: Filtering | None = None  # once set up (see _open_filters)
+        self.view: SessionView | None = None
         self.conv = Conversation(config.limits, nonsync_as_sync=True)
         self.stats = SessionStats()
         self.client_tls: str | None = None
         self.user: str | None = None
-        self._pending_users: dict[bytes, str] = {}
+        self._pending_users: dict[bytes, tuple[str, str]] = {}  # tag: (user, mechanism)
         self._login_parts: list[bytes] = []
         self._auth_mechanism = b""
         self._auth_step = 0
@@ -224,7 +173,6 @@ class Session:
         self._holding_client = False  # the upstream pump holds the client lock mid-message
         self._end: SessionEnd | None = None
         self._drop_tag: bytes | None = None  # rest of a refused message is not forwarded
-        self._noted_nonsync = False  # the transcript was told about {n+} -> {n} once
 
     # ------------------------------------------------------------ lifecycle
 
@@ -257,13 +205,21 @@ class Session:
                 end.reason,
                 safe(end.detail, MAX_DETAIL),
             )
-            for tap in self.taps:
-                tap.note(self.id, f"session end: {end.reason} ({end.detail})")
-                tap.session_closed(self.id)
-            # The end is an exception whose traceback holds this session's frames: a
-            # cycle that would keep the whole session (TLS objects, buffers) until the
-            # next full garbage collection.
+            if self.filtering is not None:
+                self.filtering.ended(
+                    SessionEndInfo(
+                        end.reason,
+                        safe(end.detail, MAX_DETAIL),
+                        self.stats.bytes_from_client,
+                        self.stats.bytes_from_upstream,
+                        time.monotonic() - started,
+                    )
+                )
+            # The end is an exception whose traceback holds this session's frames, and the
+            # filters hold the session's methods: cycles that would keep the whole
+            # session (TLS objects, buffers) until the next full garbage collection.
             self._end = None
+            self.filtering = None
 
     def shutdown(self, text: str = "shutting down") -> None:
         """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
@@ -312,14 +268,16 @@ class Session:
                 scope.cancel()
             self._touch(client=True)  # the client's idle clock starts with the greeting
             try:
-                sent = self._mediated(greeting)
-                await self._send_client(sent)
-                self._tap_frame(_replaced(greeting, sent), to_upstream=False)
+                filtering = self._open_filters()
+                sent = filtering.response(greeting, greeting.raw)
+                await self._send_client(greeting.raw if sent is None else sent)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._guard, self._pump_client, nursery.cancel_scope)
                     nursery.start_soon(self._guard, self._pump_upstream, nursery.cancel_scope)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._end = self._end or SessionEnd("connection_lost", f"connection lost: {exc}")
+            except SessionEnd as end:  # a filter ended it before the relay began
+                self._end = self._end or end
         if self._end is None:
             if scope.cancelled_caught:
                 self._end = self._timer_end()
@@ -371,6 +329,51 @@ class Session:
         text = safe(conv.bye.split(b" ", 2)[-1].rstrip(b"\r\n"), _SHOWN_BYE)
         return SessionEnd("upstream_bye", f"upstream said BYE: {text}")
 
+    # ------------------------------------------------------------ filters
+
+    def _open_filters(self) -> Filtering:
+        """The session's filters, once the upstream greeted (raises SessionEnd when a
+        filter refuses the session)."""
+        host, _, port = self.peer.rpartition(":")
+        info = SessionInfo(
+            self.id,
+            host.strip("[]"),
+            int(port) if port.isdigit() else 0,
+            self.listener.name,
+            starttls=not self.listener.implicit_tls and self.server_ssl is not None,
+        )
+        view = SessionView(info, tls=self._tls_info(), capabilities=self.conv.capabilities)
+        view.phase = self.conv.phase
+        filters = self.chain.open(info, self._filter_error)
+        self.filtering = Filtering(
+            filters,
+            view,
+            self.conv,
+            self.config.limits,
+            send_client=self._send_client,
+            send_upstream=self._send_upstream,
+        )
+        self.filtering.started()
+        return self.filtering
+
+    def _filter_error(self, name: str, hook: str, exc: BaseException) -> None:
+        # the exception's text may quote what the filter was looking at: escaped, cut
+        log.error(
+            "session %s: filter %s failed in %s: %s: %s",
+            self.id,
+            safe(name),
+            hook,
+            type(exc).__name__,
+            safe(str(exc), MAX_DETAIL),
+        )
+
+    def _tls_info(self) -> TlsInfo | None:
+        client = self.client
+        if self.client_tls is None or not isinstance(client, TlsStream):
+            return None
+        cipher = client.cipher()
+        return TlsInfo(self.client_tls, cipher[0] if cipher else None, None)
+
     # ------------------------------------------------------------ TLS, upstream
 
     async def _set_up(self) -> Frame:
@@ -402,6 +405,8 @@ class Session:
             cause = exc.__cause__ or exc
             raise SessionEnd("tls_failed", f"client TLS handshake failed: {cause}") from None
         self.client_tls = tls.version() or "TLS"
+        if self.filtering is not None:
+            self.filtering.view.tls = self._tls_info()
 
     async def _connect_upstream(self) -> None:
         up = self.config.upstream
@@ -624,6 +629,8 @@ class Session:
 
     async def _pump_client(self) -> None:
         conv = self.conv
+        filtering = self.filtering
+        assert filtering is not None
         out: list[bytes] = []  # frames collected for one write upstream
         size = 0
         read_size = self.config.session_limits.read_size
@@ -691,30 +698,34 @@ class Session:
                     if refusal is not None:
                         await self._refuse(ev, refusal)
                         continue
-                if ev.first and ev.kind is FrameKind.COMMAND and ev.name in _MAYBE_LOCAL:
-                    # what came before goes upstream first: a local answer must not
-                    # overtake the commands ahead of it
-                    await flush()
-                    self._touch(client=True)  # a local answer may take a while
-                    progressed = False
-                    if await self._local_command(ev):
+                if ev.kind is FrameKind.COMMAND:
+                    if ev.first and ev.name == "STARTTLS":
+                        # what came before goes upstream first: the answer must not
+                        # overtake the commands ahead of it
+                        await flush()
+                        self._touch(client=True)  # the answer may take a while
+                        progressed = False
+                        await self._starttls(ev)
                         continue
                     if ev.sensitive:
                         self._note_login(ev)
-                elif ev.sensitive:
-                    self._note_login(ev)
-                if ev.nonsync:
-                    ev = self._as_sync(ev)
-                if self.taps:
-                    self._tap_frame(ev, to_upstream=True)
-                out.append(ev.raw)
-                size += len(ev.raw)
+                    gated = await filtering.command(ev, flush)
+                    if gated is None:
+                        continue
+                    if gated is NOT_GATED:
+                        raw = self._as_sync(ev).raw if ev.nonsync else ev.raw
+                    else:
+                        raw = gated  # type: ignore[assignment]
+                else:  # a SASL line or IDLE's DONE
+                    if ev.sensitive:
+                        self._note_login(ev)
+                    raw = filtering.client_line(ev)
+                out.append(raw)
+                size += len(raw)
             elif type(ev) is LiteralChunk:
                 progressed = True
                 if self._drop_tag is not None:
                     continue
-                for tap in self.taps:
-                    tap.chunk(self.id, ev, to_upstream=True)
                 out.append(ev.data)
                 size += len(ev.data)
             else:  # EndOfStream
@@ -742,6 +753,8 @@ class Session:
 
     async def _pump_upstream(self) -> None:
         conv = self.conv
+        filtering = self.filtering
+        assert filtering is not None
         assert self.upstream is not None
         out: list[bytes] = []  # bytes collected for one write to the client
         size = 0
@@ -777,16 +790,20 @@ class Session:
                     continue
                 if type(ev) is Frame:
                     kind = ev.kind
-                    raw = ev.raw
                     if kind is FrameKind.STATUS:
                         if ev.tag is not None and ev.first:
-                            self._completed(ev)
-                        raw = self._mediated(ev)
+                            end = self._completed(ev)
+                            if end is not None:
+                                await flush()
+                                raise end
                     elif kind is FrameKind.CONTINUATION:
                         if ev.first:
                             self._wake_client()
                         if conv.continued is Hold.NONSYNC_LITERAL:
                             continue  # answers the {n} we sent for the client's {n+}
+                        if conv.continued is Hold.RELAY_LITERAL:
+                            filtering.relay_continuation()  # answers the relay's segment
+                            continue
                         if conv.stray_continuation:
                             # A "+" nothing asked for: the server reads the client's
                             # bytes differently from the proxy.  Relaying on could let
@@ -802,16 +819,19 @@ class Session:
                                 "unexpected continuation request from upstream",
                                 b"* BYE [UNAVAILABLE] proxy and server out of step\r\n",
                             )
-                    elif kind is FrameKind.DATA and ev.name == "CAPABILITY":
-                        raw = self._mediated(ev)
-                    if self.taps:
-                        self._tap_frame(_replaced(ev, raw), to_upstream=False)
+                    try:
+                        raw = filtering.response(ev, ev.raw)
+                    except SessionEnd:
+                        await flush()
+                        raise
+                    if raw is None:  # dropped by a filter
+                        continue
                     out.append(raw)
                     size += len(raw)
                     boundary = ev.final
                 elif type(ev) is LiteralChunk:
-                    for tap in self.taps:
-                        tap.chunk(self.id, ev, to_upstream=False)
+                    if filtering.dropping_chunks():
+                        continue
                     out.append(ev.data)
                     size += len(ev.data)
                     boundary = False
@@ -858,73 +878,67 @@ class Session:
             self._paused_scope = None
             paused.cancel()
 
-    def _completed(self, frame: Frame) -> None:
-        """A tagged completion from upstream (after Conversation processed it)."""
+    def _completed(self, frame: Frame) -> SessionEnd | None:
+        """A tagged completion from upstream (after Conversation processed it).  Returns
+        an end when a filter ends the session on login."""
         self._wake_client()
         if self._no_pending is not None:
             self._no_pending.set()
         tag = frame.tag
         assert tag is not None
-        user = self._pending_users.pop(tag, None)
-        if user is not None and frame.name == "OK":
-            self.user = user
-            log.info("session %s: authenticated as %s", self.id, safe(user))
+        filtering = self.filtering
+        assert filtering is not None
+        filtering.completed(frame)
+        view = filtering.view
+        view.phase = self.conv.phase
+        view.selected = _mailbox_name(self.conv.selected)
+        pending = self._pending_users.pop(tag, None)
+        end = None
+        if pending is not None and frame.name == "OK":
+            self.user, mechanism = pending
+            log.info("session %s: authenticated as %s", self.id, safe(self.user))
+            view.user = self.user
+            view.mechanism = mechanism
+            view.capabilities = self.conv.capabilities
+            end = filtering.authenticated()
         self._touch()
+        return end
 
     # ------------------------------------------------------------ local answers
 
-    async def _local_command(self, frame: Frame) -> bool:
-        """Commands the proxy answers itself.  Returns True when handled (not forwarded)."""
-        name = frame.name
+    async def _starttls(self, frame: Frame) -> None:
+        """STARTTLS is the relay's own: it answers it and switches the client's stream
+        (RFC 9051 section 6.2.1).  Never forwarded."""
         tag = frame.tag or b"*"
         conv = self.conv
-        if name in _LOCAL_COMMANDS:
-            if not frame.final:  # "STARTTLS {5}": never forwarded, never a TLS switch
-                await self._refuse(frame, f"{name} takes no literal")
-                return True
-            if name == "STARTTLS" and frame.raw.partition(b" ")[2][8:] not in (b"\r\n", b"\n"):
-                # STARTTLS takes no arguments (RFC 9051 section 6.2.1): "a STARTTLS x",
-                # even a trailing space, is refused, never a TLS switch
-                await self._refuse(frame, "STARTTLS takes no arguments")
-                return True
-            self._tap_frame(frame, to_upstream=True)
-            for tap in self.taps:
-                tap.note(self.id, f"{name} answered by the proxy, not forwarded")
-        if name == "STARTTLS":
-            conv.pending.pop(tag, None)
-            # Commands the client sent before STARTTLS are answered first, in plaintext,
-            # as the server would; only then is it decided whether STARTTLS is still
-            # possible (e.g. not after a pipelined LOGIN succeeded).
-            while conv.pending:
-                self._no_pending = trio.Event()
-                await self._no_pending.wait()
-            self._no_pending = None
-            if self._offers_starttls():
-                await self._client_starttls(tag)
-            else:
-                conv.client.completed(tag, "BAD")
-                await self._send_client(tag + b" BAD STARTTLS is not available here\r\n")
-            return True
-        if name == "COMPRESS":
-            conv.pending.pop(tag, None)
-            conv.client.completed(tag, "NO")
-            await self._send_client(
-                tag + b" NO [CANNOT] COMPRESS is not available through this proxy\r\n"
-            )
-            return True
-        if name in ("LOGIN", "AUTHENTICATE") and self._login_disabled():
-            self._tap_frame(frame, to_upstream=True)
-            for tap in self.taps:
-                tap.note(self.id, f"{name} refused by the proxy: TLS required first")
-            conv.pending.pop(tag, None)
-            conv.client.completed(tag, "NO")
-            if not frame.final and not frame.waits_for_continuation:
-                self._drop_tag = frame.tag
-            await self._send_client(
-                tag + b" NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"
-            )
-            return True
-        return False
+        filtering = self.filtering
+        assert filtering is not None
+        if not frame.final:  # "STARTTLS {5}": never forwarded, never a TLS switch
+            await self._refuse(frame, "STARTTLS takes no literal")
+            return
+        if frame.raw.partition(b" ")[2][8:] not in (b"\r\n", b"\n"):
+            # STARTTLS takes no arguments: "a STARTTLS x", even a trailing space, is
+            # refused, never a TLS switch
+            await self._refuse(frame, "STARTTLS takes no arguments")
+            return
+        conv.pending.pop(tag, None)
+        # Commands the client sent before STARTTLS are answered first, in plaintext, as
+        # the server would; only then is it decided whether STARTTLS is still possible
+        # (e.g. not after a pipelined LOGIN succeeded).
+        while conv.pending:
+            self._no_pending = trio.Event()
+            await self._no_pending.wait()
+        self._no_pending = None
+        view = replace(command_view(frame.raw, frame), verdict="answer", by="relay")
+        filtering.filters.observe_command(view, filtering.view)
+        if self._offers_starttls():
+            ok = filtering.local_reply(tag, "OK", tag + b" OK Begin TLS negotiation now\r\n",
+                                       "relay")  # fmt: skip
+            await self._client_starttls(ok)
+        else:
+            conv.client.completed(tag, "BAD")
+            bad = tag + b" BAD STARTTLS is not available here\r\n"
+            await self._send_client(filtering.local_reply(tag, "BAD", bad, "relay"))
 
     def _unsafe_command(self, frame: Frame) -> str | None:
         """Why the proxy must not forward this command, if it must not.
@@ -953,14 +967,6 @@ class Session:
             raise AssertionError("non-synchronising literal inside a part")
         raw = frame.raw
         plus = raw.rindex(b"+}")
-        if not self._noted_nonsync:
-            self._noted_nonsync = True
-            for tap in self.taps:
-                tap.note(
-                    self.id,
-                    "non-synchronising literals {n+} are sent upstream as {n}; "
-                    'the server\'s "+" for them is not passed on',
-                )
         return _replaced(frame, raw[:plus] + raw[plus + 1 :])
 
     async def _refuse(self, frame: Frame, why: str) -> None:
@@ -973,15 +979,17 @@ class Session:
         self.conv.client.refused()
         if not frame.final and not waits:
             self._drop_tag = frame.tag
-        self._tap_frame(frame, to_upstream=True)
-        for tap in self.taps:
-            tap.note(self.id, f"refused by the proxy: {why}")
         log.warning("session %s: refused a client command: %s", self.id, why)
-        await self._send_client(tag + b" BAD [CLIENTBUG] " + why.encode() + b"\r\n")
+        reply = tag + b" BAD [CLIENTBUG] " + why.encode() + b"\r\n"
+        filtering = self.filtering
+        if filtering is not None:
+            filtering.refused_by_relay(frame, why)
+            reply = filtering.local_reply(frame.tag, "BAD", reply, "relay")
+        await self._send_client(reply)
 
-    async def _client_starttls(self, tag: bytes) -> None:
+    async def _client_starttls(self, ok: bytes) -> None:
         async with self._client_lock:
-            await self.client.send_all(tag + b" OK Begin TLS negotiation now\r\n")
+            await self.client.send_all(ok)
             injected = self.conv.client.start_tls()
             if injected:
                 self.stats.starttls_injected += len(injected)
@@ -991,8 +999,6 @@ class Session:
                     self.id,
                     len(injected),
                 )
-                for tap in self.taps:
-                    tap.note(self.id, f"discarded {len(injected)} bytes injected after STARTTLS")
             await self._start_client_tls()
 
     def _offers_starttls(self) -> bool:
@@ -1005,35 +1011,6 @@ class Session:
             # post-login ones (STARTTLS will not be possible any more)
             and not any(p.name in AUTHENTICATING_COMMANDS for p in self.conv.pending.values())
         )
-
-    def _login_disabled(self) -> bool:
-        return self.config.require_tls_for_login and self.client_tls is None
-
-    def _policy(self) -> CapabilityPolicy:
-        return CapabilityPolicy(
-            offer_starttls=self._offers_starttls(),
-            login_disabled=self._login_disabled(),
-        )
-
-    def _mediated(self, frame: Frame) -> bytes:
-        if frame.kind is not FrameKind.DATA and b"[" not in frame.raw:
-            return frame.raw  # a status without a response code: nothing to mediate
-        if frame.oversize:
-            # Longer than max_line_bytes, relayed in pieces.  The first piece of a status
-            # holds its response code when the code is shorter than that: mediated as
-            # usual.  A * CAPABILITY list that long is relayed as it is, logged: the
-            # proxy still answers STARTTLS and COMPRESS itself and refuses a login
-            # before TLS when it must, whatever the client was told.
-            if frame.first and frame.kind is FrameKind.DATA and frame.name == "CAPABILITY":
-                log.warning(
-                    "session %s: capability list longer than %d bytes relayed unmediated",
-                    self.id,
-                    self.config.limits.max_line_bytes,
-                )
-            if not frame.first or frame.kind is FrameKind.DATA:
-                return frame.raw
-        new = mediate_frame(frame, self._policy())
-        return frame.raw if new is None else new
 
     def _note_login(self, frame: Frame) -> None:
         """Remember who is logging in (never the password) until the server answers."""
@@ -1055,7 +1032,7 @@ class Session:
             # a LOGIN with one argument (its password) or three is malformed: no user
             user = string_value(args[0]) if len(args) == 2 else None
             if user is not None:
-                self._pending_users[tag] = user.decode("utf-8", "replace")
+                self._pending_users[tag] = (user.decode("utf-8", "replace"), "LOGIN")
             return
         data: bytes | None = None
         if frame.kind is FrameKind.COMMAND and frame.name == "AUTHENTICATE":
@@ -1080,12 +1057,12 @@ class Session:
         if self._auth_mechanism == b"PLAIN":
             fields = decoded.split(b"\x00")
             if len(fields) == 3 and fields[1]:  # authzid \0 authcid \0 password (RFC 4616)
-                self._pending_users[tag] = fields[1].decode("utf-8", "replace")
+                self._pending_users[tag] = (fields[1].decode("utf-8", "replace"), "PLAIN")
         elif self._auth_mechanism == b"LOGIN" and self._auth_step == 0 and decoded:
             # the first client message of the (non-standard, widely used) LOGIN mechanism
             # is the user name (as initial response or first data line); the second,
             # never looked at, the password
-            self._pending_users[tag] = decoded.decode("utf-8", "replace")
+            self._pending_users[tag] = (decoded.decode("utf-8", "replace"), "LOGIN")
 
     # ------------------------------------------------------------ output
 
@@ -1120,9 +1097,6 @@ class Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass
 
-    def _tap_frame(self, frame: Frame, to_upstream: bool) -> None:
-        for tap in self.taps:
-            tap.frame(self.id, frame, to_upstream=to_upstream)
 
 
 async def _acquire(lock: trio.Lock) -> None:
@@ -1150,3 +1124,6 @@ def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
     """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
     return _replaced(greeting, with_code_list(greeting.raw, caps))
 
+
+def _mailbox_name(raw: bytes | None) -> str | None:
+    return None if raw is None else decode_mailbox(raw)

@@ -70,6 +70,9 @@ class Conversation:
         # none is in progress (IDLE keep-alives and SASL steps are not stray).  Then the
         # server reads the client's bytes differently from this conversation.
         self.stray_continuation = False
+        # "+"s the server owes for literals the relay itself sent (expect_relay_continuation)
+        self._relay_literals = 0
+        self._relay_tag: bytes | None = None
         # The last command started reuses the tag of one still in progress.  It is not
         # tracked (the first keeps the tag): answers are matched to commands by tag, so
         # the driver must refuse it rather than forward it (RFC 9051 §2.2.1: tags are
@@ -156,6 +159,13 @@ class Conversation:
     def _server_frame(self, frame: Frame) -> None:
         kind = frame.kind
         if kind is FrameKind.CONTINUATION:
+            if self._relay_literals:
+                # the relay holds the client's command whole and sends it in segments:
+                # the client decoder waits for nothing, this "+" is the relay's
+                self._relay_literals -= 1
+                self.continued = Hold.RELAY_LITERAL
+                self.stray_continuation = False
+                return
             hold = self.client.waiting_for
             self.continued = hold if self.client.continuation() else None
             self.stray_continuation = self.continued is None and self.client.exchange not in (
@@ -185,9 +195,19 @@ class Conversation:
         if kind is FrameKind.DATA and frame.name == "CAPABILITY":
             self._maybe_capabilities(frame)
 
+    def expect_relay_continuation(self, tag: bytes) -> None:
+        """The relay sent a segment of command ``tag`` ending in a literal announcement of
+        its own (the client's command was already read whole): the server's next "+"
+        answers it, unless the command is completed first."""
+        self._relay_literals += 1
+        self._relay_tag = tag
+
     def _completed(self, frame: Frame) -> None:
         tag = frame.tag
         assert tag is not None
+        if tag == self._relay_tag:  # completed instead of "+": no more "+" is owed
+            self._relay_literals = 0
+            self._relay_tag = None
         status = frame.name
         self.client.completed(tag, status)
         cmd = self.pending.pop(tag, None)

@@ -141,6 +141,10 @@ class Hold(enum.Enum):
     IDLE = "idle"  # "+" starts idling; a tagged reply refused IDLE
     STARTTLS = "starttls"  # tagged OK: TLS follows (the driver must call start_tls)
     COMPRESS = "compress"  # tagged OK: compressed bytes follow (unsupported: fatal)
+    # Not a decoder state: Conversation.continued says a "+" answered a literal the relay
+    # sent on its own (a command it assembled and now sends in segments; see
+    # Conversation.expect_relay_continuation)
+    RELAY_LITERAL = "relay_literal"
 
 
 class _Mode(enum.Enum):

@@ -25,7 +25,6 @@ from imapproxy.config import (
     UpstreamTls,
 )
 from imapproxy.relay.server import Proxy
-from imapproxy.transcript import TranscriptWriter
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import (
@@ -45,7 +44,7 @@ from tests.support.fakeserver import (
     status_of,
     wait_session_end,
 )
-from tests.support.proxy import ProxyProcess, free_port, running_proxy
+from tests.support.proxy import ProxyProcess, free_port, running_proxy, transcript_chain
 
 DOVECOT = pytest.mark.dovecot
 LIMIT = 10.0
@@ -574,7 +573,7 @@ async def test_session_log_lines(
             recording_relay(dovecot.host, dovecot.port) as relay,
             running_proxy(
                 make_config(relay.port, listeners=(plain, implicit), certs=tls_certs),
-                taps=[TranscriptWriter(transcript)],
+                filters=transcript_chain(transcript),
             ) as (_, addrs),
         ):
             (phost, pport), (thost, tport) = addrs

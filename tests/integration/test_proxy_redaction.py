@@ -16,11 +16,10 @@ import trio
 
 from imapproxy.config import Endpoint, ListenerConfig, ProxyConfig, UpstreamConfig
 from imapproxy.logsafe import printable
-from imapproxy.transcript import TranscriptWriter
 from tests.support.certs import TlsCerts
 from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import ImapClient, wait_session_end
-from tests.support.proxy import running_proxy
+from tests.support.proxy import running_proxy, transcript_chain
 
 pytestmark = pytest.mark.dovecot
 
@@ -158,7 +157,7 @@ async def test_no_credential_in_transcript_or_log(
     )
     out = io.StringIO()
     with trio.fail_after(20):
-        async with running_proxy(config, taps=[TranscriptWriter(out)]) as (_, addrs):
+        async with running_proxy(config, filters=transcript_chain(out)) as (_, addrs):
             client = await ImapClient.connect(*addrs[0])
             await client.read_response()  # greeting
             for step in case.steps:

@@ -12,12 +12,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import trio
 
 from imapproxy.config import ProxyConfig
+from imapproxy.filters import ChainEntry, FilterChain, OnError
+from imapproxy.filters.sink import RecordSink
+from imapproxy.filters.transcript import TranscriptFactory, format_jsonl, format_text
 from imapproxy.relay.server import Proxy
-from imapproxy.relay.session import Tap
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,13 +126,21 @@ class ProxyProcess:
 
 @contextlib.asynccontextmanager
 async def running_proxy(
-    config: ProxyConfig, *, taps: Sequence[Tap] = ()
+    config: ProxyConfig, *, filters: FilterChain | None = None
 ) -> AsyncIterator[tuple[Proxy, list[tuple[str, int]]]]:
     """Run a Proxy in this Trio run; yields it and its bound addresses; shuts it down."""
-    proxy = Proxy(config, taps=taps)
+    proxy = Proxy(config, filters=filters)
     async with trio.open_nursery() as nursery:
         addrs = await nursery.start(proxy.serve)
         try:
             yield proxy, addrs
         finally:
             proxy.shutdown()
+
+
+def transcript_chain(out: TextIO, *, jsonl: bool = False, bodies: bool = False) -> FilterChain:
+    """A chain with one transcript filter writing to ``out`` (text, or JSON Lines); what
+    it wrote is complete once the proxy has shut down."""
+    sink = RecordSink("-", format_jsonl if jsonl else format_text, stream=out)
+    factory = TranscriptFactory(sink, bodies=bodies)
+    return FilterChain([ChainEntry("transcript", factory, OnError.OPEN)])

@@ -578,3 +578,25 @@ def test_frames_compare_by_value() -> None:
     assert isinstance(a, Frame) and isinstance(b, Frame)
     assert a == b
     assert a != replay([(Side.CLIENT, b"b NOOP\r\n")]).client[0]
+
+
+def test_relay_literal_continuations() -> None:
+    """A "+" answering a segment the relay sent itself is the relay's, not stray, and a
+    completion of that command (instead of "+") means no "+" is owed any more; another
+    command's completion changes nothing."""
+    from imapproxy.wire import Conversation, Hold
+
+    conv = Conversation(nonsync_as_sync=True)
+    conv.receive_server(b"* OK hi\r\n")
+    conv.next_server_event()
+    conv.receive_client(b"a1 NOOP\r\na2 RENAME {3}\r\nOld New\r\n")
+    conv.expect_relay_continuation(b"a2")
+    conv.receive_server(b"a1 OK done\r\n+ go\r\n")
+    conv.next_server_event()
+    conv.next_server_event()
+    assert conv.continued is Hold.RELAY_LITERAL and not conv.stray_continuation
+    conv.expect_relay_continuation(b"a2")
+    conv.receive_server(b"a2 NO [TRYCREATE] no\r\n+ stray\r\n")
+    conv.next_server_event()
+    conv.next_server_event()
+    assert conv.continued is None and conv.stray_continuation

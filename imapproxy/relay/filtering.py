@@ -1,0 +1,240 @@
+"""The session's side of the filter chain: it builds what filters see and acts on verdicts.
+
+One :class:`Filtering` per session (only when the proxy has a chain).  The session calls it
+from its pumps; the decisions themselves are the gate's (:mod:`.gate`, sans-IO).  What is
+done here is I/O and the session's state:
+
+* a command the gate holds back: the proxy's own ``+`` to the client, and later the
+  command sent upstream in segments, each after the server's ``+``
+  (:meth:`Conversation.expect_relay_continuation`; the upstream pump hands each such ``+``
+  to :meth:`Filtering.relay_continuation` instead of relaying it);
+* a refused or locally answered command: the reply, the decoder settled (a streamed
+  ``{n}`` never comes; a ``{n+}`` is read and discarded), the reply shown to the chain as a
+  response made by the proxy;
+* responses offered to the chain, replaced or dropped;
+* the session hooks (started, authenticated, ended).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import trio
+
+from ..filters.api import (
+    ClientLineView,
+    Disconnect,
+    Drop,
+    Pass,
+    Replace,
+    ResponseView,
+    SessionEndInfo,
+    SessionView,
+)
+from ..filters.chain import SessionFilters, bye_line
+from ..filters.views import command_view
+from ..logsafe import safe
+from ..wire import Conversation, Frame, FrameKind, Secret
+from ..wire.limits import Limits
+from .ends import SessionEnd
+from .gate import Collect, CommandGate, End, Forward, Refuse
+
+log = logging.getLogger("imapproxy.session")
+
+NOT_GATED = object()  # Filtering.command: the relay forwards the frame as usual
+_PROXY_CONTINUATION = b"+ Ready for literal data\r\n"
+
+
+def _ended_by_filter(by: str | None, verdict: Disconnect) -> SessionEnd:
+    return SessionEnd(
+        "filter_disconnect" if by is None or verdict.text != "filter failed" else "filter_error",
+        f"filter {by or '?'}: {verdict.text}",
+        bye_line(verdict),
+    )
+
+
+class Filtering:
+    def __init__(
+        self,
+        filters: SessionFilters,
+        view: SessionView,
+        conv: Conversation,
+        limits: Limits,
+        *,
+        send_client: Callable[[bytes], Awaitable[None]],
+        send_upstream: Callable[[list[bytes]], Awaitable[None]],
+    ) -> None:
+        self.filters = filters
+        self.view = view
+        self.conv = conv
+        self.gate = CommandGate(filters, view, limits, clock=trio.current_time)
+        self._send_client = send_client
+        self._send_upstream = send_upstream
+        self._segment_done: trio.Event | None = None  # waiting for the server's "+"
+        self._segment_tag: bytes | None = None
+        self._segment_ok = False
+        self._dropping = False  # the rest of a dropped response (its literal) is skipped
+
+    # ------------------------------------------------------------------ session hooks
+
+    def started(self) -> None:
+        if self.filters.failed:
+            raise SessionEnd("filter_error", "a filter could not be made", bye_line(
+                Disconnect("filter failed")))  # fmt: skip
+        verdict = self.filters.session_started(self.view)
+        if type(verdict) is Disconnect:
+            raise _ended_by_filter(None, verdict)
+
+    def authenticated(self) -> SessionEnd | None:
+        verdict = self.filters.authenticated(self.view)
+        return _ended_by_filter(None, verdict) if type(verdict) is Disconnect else None
+
+    def ended(self, end: SessionEndInfo) -> None:
+        self.filters.session_ended(self.view, end)
+
+    # ------------------------------------------------------------------ client side
+
+    async def command(self, ev: Frame, flush: Callable[[], Awaitable[None]]) -> object:
+        """A client COMMAND frame.  Returns the bytes to forward (appended to the current
+        write by the caller), None when handled here, or NOT_GATED."""
+        decision = self.gate.command_part(ev)
+        if decision is None:
+            return NOT_GATED
+        kind = type(decision)
+        if kind is Collect:
+            await flush()
+            if decision.ack:  # type: ignore[union-attr]
+                await self._send_client(_PROXY_CONTINUATION)
+            self.conv.client.continuation()
+            return None
+        if kind is Forward:
+            segments = decision.segments  # type: ignore[union-attr]
+            if len(segments) == 1:
+                return segments[0]
+            await flush()
+            await self._send_segments(decision.view.tag, segments)  # type: ignore[union-attr]
+            return None
+        if kind is Refuse:
+            await flush()
+            await self._refused(decision)  # type: ignore[arg-type]
+            return None
+        assert kind is End
+        await flush()
+        end: End = decision  # type: ignore[assignment]
+        raise SessionEnd("filter_disconnect", f"filter {end.by}: {end.text}", end.bye)
+
+    async def _send_segments(self, tag: bytes, segments: tuple[bytes, ...]) -> None:
+        """Each segment but the last ends in ``{n}``: the next one goes only after the
+        server's "+".  A tagged answer instead ends it: the server refused the command,
+        and the client, which sent it whole, reads that answer."""
+        for segment in segments[:-1]:
+            done = self._segment_done = trio.Event()
+            self._segment_tag = tag
+            self._segment_ok = False
+            self.conv.expect_relay_continuation(tag)
+            await self._send_upstream([segment])
+            await done.wait()
+            self._segment_done = None
+            if not self._segment_ok:
+                return
+        await self._send_upstream([segments[-1]])
+
+    def relay_continuation(self) -> None:
+        """The upstream pump got the server's "+" for a segment (not relayed)."""
+        done = self._segment_done
+        if done is not None:
+            self._segment_ok = True
+            done.set()
+
+    def completed(self, frame: Frame) -> None:
+        """A tagged completion (first part) from the server."""
+        done = self._segment_done
+        if done is not None and frame.tag == self._segment_tag:
+            done.set()  # refused in the middle: nothing more of it is sent
+
+    async def _refused(self, decision: Refuse) -> None:
+        tag = decision.tag
+        conv = self.conv
+        conv.pending.pop(tag, None)
+        # a streamed {n} the client now never sends, a {n+} read and discarded, or an
+        # exchange (AUTHENTICATE, IDLE) that will not start
+        conv.client.completed(tag, "NO")
+        self.gate.completed_locally(tag)
+        if decision.by is not None:
+            log.info(
+                "session %s: %s refused by filter %s: %s",
+                self.view.info.id,
+                safe(decision.view.full_name),
+                safe(decision.by),
+                safe(decision.reply.rstrip(b"\r\n").rpartition(b"]")[2].strip() or b"-"),
+            )
+        reply = self.local_reply(tag, decision.status, decision.reply, decision.by or "relay")
+        await self._send_client(reply)
+
+    def local_reply(self, tag: bytes | None, status: str, reply: bytes, by: str) -> bytes:
+        """Show filters a tagged reply the proxy made (its last line) before it is sent;
+        returns what to send (a filter may have replaced the last line)."""
+        head, sep, last = reply.rstrip(b"\r\n").rpartition(b"\r\n")
+        view = ResponseView(FrameKind.STATUS, tag, status, last + b"\r\n", by=by)
+        verdict, _ = self.filters.response(view, self.view)
+        if type(verdict) is Replace:
+            return head + sep + verdict.raw
+        return reply
+
+    def refused_by_relay(self, frame: Frame, why: str) -> None:
+        """Observers see a command the relay refused itself (malformed, tag in use)."""
+        view = command_view(frame.raw, frame, complete=frame.final)
+        view = replace(view, sensitive=frame.sensitive, verdict="refuse", by="relay")
+        self.filters.observe_command(view, self.view)
+
+    def client_line(self, ev: Frame) -> bytes:
+        """A SASL line or IDLE's DONE: the bytes to forward."""
+        line = ClientLineView(ev.kind, ev.tag, Secret(ev.raw), len(ev.raw))
+        verdict, by = self.filters.client_line(line, self.view)
+        if type(verdict) is Replace:
+            return verdict.raw
+        if type(verdict) is Disconnect:
+            raise _ended_by_filter(by, verdict)
+        return ev.raw
+
+    # ------------------------------------------------------------------ server side
+
+    def response(self, ev: Frame, raw: bytes) -> bytes | None:
+        """A server frame about to be relayed (``raw``, as the relay would send it).
+        Returns the bytes to send, or None to drop it.  Raises SessionEnd for a
+        Disconnect."""
+        if not ev.first:
+            if self._dropping:
+                self._dropping = not ev.final
+                return None
+            return raw
+        filters = self.filters
+        if not filters.wants_response(ev.kind, ev.name, raw):
+            return raw
+        view = ev if raw is ev.raw else _with_raw(ev, raw)
+        verdict, by = self.gate.response(view, oversize=ev.oversize)
+        kind = type(verdict)
+        if kind is Pass:
+            return raw
+        if kind is Replace:
+            if not ev.final:
+                filters.report(by or "?", "response", ValueError("Replace of a partial response"))
+                return raw
+            return verdict.raw  # type: ignore[union-attr]
+        if kind is Drop:
+            self._dropping = not ev.final
+            return None
+        raise _ended_by_filter(by, verdict)  # type: ignore[arg-type]
+
+    def dropping_chunks(self) -> bool:
+        return self._dropping
+
+
+def _with_raw(frame: Frame, raw: bytes) -> Frame:
+    return Frame(
+        frame.side, frame.kind, raw, frame.tag, frame.name, frame.number, frame.first,
+        frame.final, frame.literal, frame.streamed, frame.sensitive, frame.nonsync,
+        frame.oversize,
+    )  # fmt: skip
