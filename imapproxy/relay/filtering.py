@@ -65,13 +65,17 @@ class Filtering:
         *,
         send_client: Callable[[bytes], Awaitable[None]],
         send_upstream: Callable[[list[bytes]], Awaitable[None]],
+        refused: Callable[[bytes], None] = lambda tag: None,
     ) -> None:
+        """``refused(tag)`` is told of every command refused here (it never reaches the
+        server: e.g. a login it must not be taken for)."""
         self.filters = filters
         self.view = view
         self.conv = conv
         self.gate = CommandGate(filters, view, limits, clock=trio.current_time)
         self._send_client = send_client
         self._send_upstream = send_upstream
+        self._on_refused = refused
         self._segment_done: trio.Event | None = None  # waiting for the server's "+"
         self._segment_tag: bytes | None = None
         self._segment_ok = False
@@ -162,6 +166,7 @@ class Filtering:
         # exchange (AUTHENTICATE, IDLE) that will not start
         conv.client.completed(tag, "NO")
         self.gate.completed_locally(tag)
+        self._on_refused(tag)
         if decision.by is not None:
             log.info(
                 "session %s: %s refused by filter %s: %s",

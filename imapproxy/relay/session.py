@@ -69,8 +69,6 @@ labels; the end line's ``detail`` says more).  Timeouts name the side that stall
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
 import ssl
@@ -80,14 +78,13 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from ..capabilities import listed_capabilities, with_code_list
-from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..config import ListenerConfig, ProxyConfig
 from ..filters.api import SessionEndInfo, SessionInfo, SessionView, TlsInfo
 from ..filters.chain import FilterChain
 from ..filters.views import command_view, decode_mailbox
 from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
-from ..net.transport import SocketStream, TlsStream
+from ..net.transport import TlsStream
 from ..wire import (
     NEED_DATA,
     PAUSED,
@@ -99,18 +96,17 @@ from ..wire import (
     LiteralChunk,
     Phase,
     ProtocolError,
-    parse_command,
-    string_value,
 )
 from ..wire.conversation import AUTHENTICATING_COMMANDS
 from .ends import END_REASONS, SessionEnd, unavailable
 from .filtering import NOT_GATED, Filtering
+from .login import LoginTracker
+from .upstream import UpstreamSetup
 
 log = logging.getLogger("imapproxy.session")
 
 __all__ = ["END_REASONS", "Session", "SessionEnd", "SessionStats", "unavailable"]
 
-_PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
 
 
 _AUTOLOGOUT = b"* BYE Autologout; idle for too long\r\n"  # RFC 9051 section 7.1.5's text
@@ -155,10 +151,7 @@ class Session:
         self.stats = SessionStats()
         self.client_tls: str | None = None
         self.user: str | None = None
-        self._pending_users: dict[bytes, tuple[str, str]] = {}  # tag: (user, mechanism)
-        self._login_parts: list[bytes] = []
-        self._auth_mechanism = b""
-        self._auth_step = 0
+        self.logins = LoginTracker(config.limits)
         self._client_lock = trio.Lock()
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
@@ -352,6 +345,7 @@ class Session:
             self.config.limits,
             send_client=self._send_client,
             send_upstream=self._send_upstream,
+            refused=self.logins.forget,
         )
         self.filtering.started()
         return self.filtering
@@ -376,22 +370,6 @@ class Session:
 
     # ------------------------------------------------------------ TLS, upstream
 
-    async def _set_up(self) -> Frame:
-        """The upstream, up to its greeting (after the client's TLS on implicit listeners)."""
-        timeouts = self.config.timeouts
-        try:
-            with trio.fail_after(timeouts.upstream_connect):
-                await self._connect_upstream()
-            if self.config.upstream.tls is UpstreamTls.IMPLICIT:
-                await self._upstream_tls()  # under its own tls_handshake timeout
-            with trio.fail_after(timeouts.upstream_greeting):
-                greeting = await self._upstream_greeting()
-            if self.config.upstream.tls is UpstreamTls.STARTTLS:
-                greeting = await self._upstream_starttls(greeting)
-            return greeting
-        except trio.TooSlowError:
-            raise unavailable("upstream_unavailable", "upstream did not answer in time") from None
-
     async def _start_client_tls(self) -> None:
         assert self.server_ssl is not None
         tls = TlsStream(self.client, self.server_ssl, server_side=True)
@@ -408,140 +386,15 @@ class Session:
         if self.filtering is not None:
             self.filtering.view.tls = self._tls_info()
 
-    async def _connect_upstream(self) -> None:
-        up = self.config.upstream
-        host, port = up.endpoint.host, up.endpoint.port
-        try:
-            connected = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            raise unavailable(
-                "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
-            ) from None
-        self.upstream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
-
-    async def _upstream_greeting(self) -> Frame:
-        greeting = await self._read_upstream_frame()
-        if greeting.kind is not FrameKind.GREETING:
-            raise unavailable("upstream_protocol", "upstream sent no IMAP greeting")
-        if greeting.name == "BYE":
-            # The upstream refuses us; the client deserves to see why.
-            raise SessionEnd("upstream_refused", "upstream greeted with BYE", greeting.raw)
-        return greeting
-
-    async def _upstream_tls(self) -> None:
-        up = self.config.upstream
-        assert self.upstream is not None and self.upstream_ssl is not None
-        tls = TlsStream(
-            self.upstream,
-            self.upstream_ssl,
-            server_hostname=up.server_hostname or up.endpoint.host,
+    async def _set_up(self) -> Frame:
+        """The upstream, up to its greeting (see :mod:`.upstream`)."""
+        setup = UpstreamSetup(
+            self.config, self.conv, self.stats, self.upstream_ssl, self.busy_poll, self.id
         )
-        self.upstream = tls
         try:
-            with trio.fail_after(self.config.timeouts.tls_handshake):
-                await tls.do_handshake()
-        except trio.TooSlowError:
-            raise unavailable("upstream_tls_failed", "upstream TLS handshake timed out") from None
-        except trio.BrokenResourceError as exc:
-            cause = exc.__cause__ or exc
-            detail = getattr(cause, "verify_message", None) or str(cause)
-            raise unavailable("upstream_tls_failed", f"upstream TLS failed: {detail}") from None
-
-    async def _upstream_starttls(self, greeting: Frame) -> Frame:
-        """STARTTLS to the upstream; each exchange is bounded by upstream_greeting, the
-        handshake by tls_handshake."""
-        answer_timeout = self.config.timeouts.upstream_greeting
-        known = self.conv.capabilities
-        if known is None:
-            with trio.fail_after(answer_timeout):
-                listed = await self._upstream_capabilities(b"0")
-            known = frozenset(c.decode("ascii", "replace").upper() for c in listed)
-        if "STARTTLS" not in known:
-            raise unavailable(
-                "upstream_tls_failed", "upstream does not offer STARTTLS (refusing plaintext)"
-            )
-        with trio.fail_after(answer_timeout):
-            await self._send_upstream_now(_PROXY_TAG + b"1 STARTTLS\r\n")
-            while True:
-                frame = await self._read_upstream_frame()
-                if frame.kind is FrameKind.STATUS and frame.tag == _PROXY_TAG + b"1":
-                    break
-        if frame.name != "OK":
-            raise unavailable("upstream_tls_failed", "upstream refused STARTTLS")
-        injected = self.conv.server.start_tls()
-        if injected:
-            log.warning(
-                "session %s: upstream sent %d bytes after its STARTTLS OK; discarded "
-                "(response injection)",
-                self.id,
-                len(injected),
-            )
-        await self._upstream_tls()
-        # What the upstream said before TLS no longer counts (RFC 9051 §6.2.1).
-        self.conv.capabilities = None
-        with trio.fail_after(answer_timeout):
-            caps = await self._upstream_capabilities(b"2")
-        return _with_capabilities(greeting, caps)
-
-    async def _upstream_capabilities(self, n: bytes) -> list[bytes]:
-        """Ask the upstream for its capabilities (before the client is relayed anything);
-        returns them as the upstream spelt them."""
-        tag = _PROXY_TAG + n
-        await self._send_upstream_now(tag + b" CAPABILITY\r\n")
-        caps: list[bytes] | None = None
-        while True:
-            frame = await self._read_upstream_frame()
-            if frame.kind is FrameKind.STATUS and frame.tag == tag:
-                break
-            if frame.kind is FrameKind.DATA and frame.name == "CAPABILITY":
-                caps = listed_capabilities(frame.raw)
-        if frame.name != "OK" or caps is None:
-            raise unavailable("upstream_protocol", "upstream did not answer CAPABILITY")
-        self.conv.set_capabilities(tuple(c.decode("ascii", "replace") for c in caps))
-        return caps
-
-    async def _send_upstream_now(self, data: bytes) -> None:
-        assert self.upstream is not None
-        await self.upstream.send_all(data)
-
-    async def _read_upstream_frame(self) -> Frame:
-        """One complete frame from the upstream during set-up (no literals expected)."""
-        assert self.upstream is not None
-        while True:
-            try:
-                ev = self.conv.next_server_event()
-            except ProtocolError as exc:
-                raise unavailable("upstream_protocol", f"upstream protocol error: {exc}") from None
-            if ev is NEED_DATA:
-                try:
-                    data = await self.upstream.receive_some(self.config.session_limits.read_size)
-                except trio.BrokenResourceError as exc:
-                    raise unavailable(
-                        "upstream_unavailable", f"upstream connection failed: {exc}"
-                    ) from None
-                self.stats.bytes_from_upstream += len(data)
-                self.conv.receive_server(data)
-                continue
-            if type(ev) is Frame and ev.final:
-                return ev
-            if type(ev) is Frame and ev.oversize and ev.literal is None:
-                # A response longer than max_line_bytes: the greeting and the answer to
-                # the proxy's own CAPABILITY must be rewritten, which needs them whole;
-                # anything else (an untagged OK with a long text) is skipped, and its
-                # last part still tells a tagged completion.
-                if ev.first and (
-                    ev.kind is FrameKind.GREETING
-                    or (ev.kind is FrameKind.DATA and ev.name == "CAPABILITY")
-                ):
-                    raise unavailable(
-                        "upstream_protocol",
-                        f"upstream {ev.name or ev.kind.value} response longer than "
-                        f"{self.config.limits.max_line_bytes} bytes during set-up",
-                    )
-                continue
-            if type(ev) is EndOfStream:
-                raise unavailable("upstream_unavailable", "upstream closed the connection")
-            raise unavailable("upstream_protocol", "unexpected literal from upstream during set-up")
+            return await setup.open()
+        finally:
+            self.upstream = setup.stream  # closed by run() whatever happened
 
     # ------------------------------------------------------------ pumps
 
@@ -708,7 +561,7 @@ class Session:
                         await self._starttls(ev)
                         continue
                     if ev.sensitive:
-                        self._note_login(ev)
+                        self.logins.note(ev)
                     gated = await filtering.command(ev, flush)
                     if gated is None:
                         continue
@@ -718,7 +571,7 @@ class Session:
                         raw = gated  # type: ignore[assignment]
                 else:  # a SASL line or IDLE's DONE
                     if ev.sensitive:
-                        self._note_login(ev)
+                        self.logins.note(ev)
                     raw = filtering.client_line(ev)
                 out.append(raw)
                 size += len(raw)
@@ -892,9 +745,9 @@ class Session:
         view = filtering.view
         view.phase = self.conv.phase
         view.selected = _mailbox_name(self.conv.selected)
-        pending = self._pending_users.pop(tag, None)
+        pending = self.logins.completed(tag, frame.name)
         end = None
-        if pending is not None and frame.name == "OK":
+        if pending is not None:
             self.user, mechanism = pending
             log.info("session %s: authenticated as %s", self.id, safe(self.user))
             view.user = self.user
@@ -975,6 +828,7 @@ class Session:
         tag = frame.tag if frame.tag is not None and frame.name else b"*"
         if frame.tag is not None and not self.conv.tag_in_use:
             self.conv.pending.pop(frame.tag, None)  # (else it is the earlier command's)
+            self.logins.forget(frame.tag)
         waits = frame.waits_for_continuation
         self.conv.client.refused()
         if not frame.final and not waits:
@@ -1011,58 +865,6 @@ class Session:
             # post-login ones (STARTTLS will not be possible any more)
             and not any(p.name in AUTHENTICATING_COMMANDS for p in self.conv.pending.values())
         )
-
-    def _note_login(self, frame: Frame) -> None:
-        """Remember who is logging in (never the password) until the server answers."""
-        tag = frame.tag
-        if tag is None:
-            return
-        if frame.kind is FrameKind.COMMAND and frame.name == "LOGIN":
-            if frame.first:
-                self._login_parts.clear()  # a LOGIN whose literal was refused left parts
-            self._login_parts.append(frame.raw)
-            if not frame.final:
-                return
-            raw = b"".join(self._login_parts)
-            self._login_parts.clear()
-            try:
-                args = parse_command(raw, self.config.limits).args
-            except ProtocolError:
-                return
-            # a LOGIN with one argument (its password) or three is malformed: no user
-            user = string_value(args[0]) if len(args) == 2 else None
-            if user is not None:
-                self._pending_users[tag] = (user.decode("utf-8", "replace"), "LOGIN")
-            return
-        data: bytes | None = None
-        if frame.kind is FrameKind.COMMAND and frame.name == "AUTHENTICATE":
-            if not frame.first:
-                return  # a literal part (servers refuse those): never read as SASL
-            parts = frame.raw.split()
-            self._auth_mechanism = parts[2].upper() if len(parts) >= 3 else b""
-            self._auth_step = 0  # the client's SASL messages, the initial response first
-            if len(parts) >= 4:
-                data = parts[3]
-            else:
-                self._auth_step = -1  # no initial response: the first data line is step 0
-        elif frame.kind is FrameKind.AUTH_DATA:
-            data = frame.raw.strip()
-            self._auth_step += 1
-        if data is None:
-            return
-        try:
-            decoded = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            return
-        if self._auth_mechanism == b"PLAIN":
-            fields = decoded.split(b"\x00")
-            if len(fields) == 3 and fields[1]:  # authzid \0 authcid \0 password (RFC 4616)
-                self._pending_users[tag] = (fields[1].decode("utf-8", "replace"), "PLAIN")
-        elif self._auth_mechanism == b"LOGIN" and self._auth_step == 0 and decoded:
-            # the first client message of the (non-standard, widely used) LOGIN mechanism
-            # is the user name (as initial response or first data line); the second,
-            # never looked at, the password
-            self._pending_users[tag] = (decoded.decode("utf-8", "replace"), "LOGIN")
 
     # ------------------------------------------------------------ output
 
@@ -1118,11 +920,6 @@ def _replaced(frame: Frame, raw: bytes) -> Frame:
         literal=frame.literal, streamed=frame.streamed, sensitive=frame.sensitive,
         nonsync=frame.nonsync, oversize=frame.oversize,
     )  # fmt: skip
-
-
-def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
-    """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
-    return _replaced(greeting, with_code_list(greeting.raw, caps))
 
 
 def _mailbox_name(raw: bytes | None) -> str | None:

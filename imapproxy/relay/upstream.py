@@ -1,0 +1,214 @@
+"""The upstream leg's set-up: connect, TLS (implicit or STARTTLS), the greeting.
+
+Everything here happens before the client is relayed anything; each step is bounded by its
+own timeout, and any failure is a :class:`~.ends.SessionEnd` that gives the client
+``* BYE [UNAVAILABLE] <reason>``.  STARTTLS to the upstream is strict: no STARTTLS
+capability, or a refusal, is a failure, never a plaintext fallback; bytes the upstream sends
+after its STARTTLS OK before TLS are discarded (response injection, RFC 9051 §6.2.1), and
+the capabilities it announced before TLS no longer count.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Protocol
+
+import trio
+
+from ..capabilities import listed_capabilities, with_code_list
+from ..config import ProxyConfig, UpstreamTls
+from ..net.busypoll import BusyPoll
+from ..net.transport import SocketStream, TlsStream
+from ..wire import NEED_DATA, Conversation, EndOfStream, Frame, FrameKind, ProtocolError
+from .ends import SessionEnd, unavailable
+
+log = logging.getLogger("imapproxy.session")
+
+class Counts(Protocol):
+    """What the set-up counts (the session's stats)."""
+
+    bytes_from_upstream: int
+
+
+_PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
+
+
+class UpstreamSetup:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        conv: Conversation,
+        stats: Counts,
+        upstream_ssl: ssl.SSLContext | None,
+        busy_poll: BusyPoll | None,
+        session_id: str,
+    ) -> None:
+        self.config = config
+        self.conv = conv
+        self.stats = stats
+        self.upstream_ssl = upstream_ssl
+        self.busy_poll = busy_poll
+        self.session_id = session_id
+        self.stream: trio.abc.Stream | None = None
+
+    async def open(self) -> Frame:
+        """Connect, TLS or STARTTLS as configured, up to the greeting (whose capability
+        list, after STARTTLS, is the one the upstream gave over TLS)."""
+        timeouts = self.config.timeouts
+        try:
+            with trio.fail_after(timeouts.upstream_connect):
+                await self._connect_upstream()
+            if self.config.upstream.tls is UpstreamTls.IMPLICIT:
+                await self._upstream_tls()  # under its own tls_handshake timeout
+            with trio.fail_after(timeouts.upstream_greeting):
+                greeting = await self._upstream_greeting()
+            if self.config.upstream.tls is UpstreamTls.STARTTLS:
+                greeting = await self._upstream_starttls(greeting)
+            return greeting
+        except trio.TooSlowError:
+            raise unavailable("upstream_unavailable", "upstream did not answer in time") from None
+
+    async def _connect_upstream(self) -> None:
+        up = self.config.upstream
+        host, port = up.endpoint.host, up.endpoint.port
+        try:
+            connected = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise unavailable(
+                "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
+            ) from None
+        self.stream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
+
+    async def _upstream_greeting(self) -> Frame:
+        greeting = await self._read_upstream_frame()
+        if greeting.kind is not FrameKind.GREETING:
+            raise unavailable("upstream_protocol", "upstream sent no IMAP greeting")
+        if greeting.name == "BYE":
+            # The upstream refuses us; the client deserves to see why.
+            raise SessionEnd("upstream_refused", "upstream greeted with BYE", greeting.raw)
+        return greeting
+
+    async def _upstream_tls(self) -> None:
+        up = self.config.upstream
+        assert self.stream is not None and self.upstream_ssl is not None
+        tls = TlsStream(
+            self.stream,
+            self.upstream_ssl,
+            server_hostname=up.server_hostname or up.endpoint.host,
+        )
+        self.stream = tls
+        try:
+            with trio.fail_after(self.config.timeouts.tls_handshake):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            raise unavailable("upstream_tls_failed", "upstream TLS handshake timed out") from None
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__ or exc
+            detail = getattr(cause, "verify_message", None) or str(cause)
+            raise unavailable("upstream_tls_failed", f"upstream TLS failed: {detail}") from None
+
+    async def _upstream_starttls(self, greeting: Frame) -> Frame:
+        """STARTTLS to the upstream; each exchange is bounded by upstream_greeting, the
+        handshake by tls_handshake."""
+        answer_timeout = self.config.timeouts.upstream_greeting
+        known = self.conv.capabilities
+        if known is None:
+            with trio.fail_after(answer_timeout):
+                listed = await self._upstream_capabilities(b"0")
+            known = frozenset(c.decode("ascii", "replace").upper() for c in listed)
+        if "STARTTLS" not in known:
+            raise unavailable(
+                "upstream_tls_failed", "upstream does not offer STARTTLS (refusing plaintext)"
+            )
+        with trio.fail_after(answer_timeout):
+            await self._send_upstream_now(_PROXY_TAG + b"1 STARTTLS\r\n")
+            while True:
+                frame = await self._read_upstream_frame()
+                if frame.kind is FrameKind.STATUS and frame.tag == _PROXY_TAG + b"1":
+                    break
+        if frame.name != "OK":
+            raise unavailable("upstream_tls_failed", "upstream refused STARTTLS")
+        injected = self.conv.server.start_tls()
+        if injected:
+            log.warning(
+                "session %s: upstream sent %d bytes after its STARTTLS OK; discarded "
+                "(response injection)",
+                self.session_id,
+                len(injected),
+            )
+        await self._upstream_tls()
+        # What the upstream said before TLS no longer counts (RFC 9051 §6.2.1).
+        self.conv.capabilities = None
+        with trio.fail_after(answer_timeout):
+            caps = await self._upstream_capabilities(b"2")
+        return _with_capabilities(greeting, caps)
+
+    async def _upstream_capabilities(self, n: bytes) -> list[bytes]:
+        """Ask the upstream for its capabilities (before the client is relayed anything);
+        returns them as the upstream spelt them."""
+        tag = _PROXY_TAG + n
+        await self._send_upstream_now(tag + b" CAPABILITY\r\n")
+        caps: list[bytes] | None = None
+        while True:
+            frame = await self._read_upstream_frame()
+            if frame.kind is FrameKind.STATUS and frame.tag == tag:
+                break
+            if frame.kind is FrameKind.DATA and frame.name == "CAPABILITY":
+                caps = listed_capabilities(frame.raw)
+        if frame.name != "OK" or caps is None:
+            raise unavailable("upstream_protocol", "upstream did not answer CAPABILITY")
+        self.conv.set_capabilities(tuple(c.decode("ascii", "replace") for c in caps))
+        return caps
+
+    async def _send_upstream_now(self, data: bytes) -> None:
+        assert self.stream is not None
+        await self.stream.send_all(data)
+
+    async def _read_upstream_frame(self) -> Frame:
+        """One complete frame from the upstream during set-up (no literals expected)."""
+        assert self.stream is not None
+        while True:
+            try:
+                ev = self.conv.next_server_event()
+            except ProtocolError as exc:
+                raise unavailable("upstream_protocol", f"upstream protocol error: {exc}") from None
+            if ev is NEED_DATA:
+                try:
+                    data = await self.stream.receive_some(self.config.session_limits.read_size)
+                except trio.BrokenResourceError as exc:
+                    raise unavailable(
+                        "upstream_unavailable", f"upstream connection failed: {exc}"
+                    ) from None
+                self.stats.bytes_from_upstream += len(data)
+                self.conv.receive_server(data)
+                continue
+            if type(ev) is Frame and ev.final:
+                return ev
+            if type(ev) is Frame and ev.oversize and ev.literal is None:
+                # A response longer than max_line_bytes: the greeting and the answer to
+                # the proxy's own CAPABILITY must be rewritten, which needs them whole;
+                # anything else (an untagged OK with a long text) is skipped, and its
+                # last part still tells a tagged completion.
+                if ev.first and (
+                    ev.kind is FrameKind.GREETING
+                    or (ev.kind is FrameKind.DATA and ev.name == "CAPABILITY")
+                ):
+                    raise unavailable(
+                        "upstream_protocol",
+                        f"upstream {ev.name or ev.kind.value} response longer than "
+                        f"{self.config.limits.max_line_bytes} bytes during set-up",
+                    )
+                continue
+            if type(ev) is EndOfStream:
+                raise unavailable("upstream_unavailable", "upstream closed the connection")
+            raise unavailable("upstream_protocol", "unexpected literal from upstream during set-up")
+
+
+def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
+    """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
+    g = greeting
+    return Frame(
+        g.side, g.kind, with_code_list(g.raw, caps), g.tag, g.name, g.number, g.first,
+        g.final, g.literal, g.streamed, g.sensitive, g.nonsync, g.oversize,
+    )  # fmt: skip
