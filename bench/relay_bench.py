@@ -274,7 +274,10 @@ class Bench:
                 )
             else:
                 target = ProxyTarget(
-                    self.dovecot, self.workdir, self.args.proxy_arg, max_sessions=max_sessions
+                    self.dovecot,
+                    self.workdir,
+                    [*self.args.proxy_arg, *self.args.proxy_only_arg],
+                    max_sessions=max_sessions,
                 )
             self.targets.append(target)
             self.results[name] = {}
@@ -993,6 +996,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="extra argument for python -m imapproxy run (repeatable)",
+    )
+    ap.add_argument(
+        "--proxy-only-arg",
+        action="append",
+        default=[],
+        help="extra argument for the proxy target only, not base (repeatable): e.g. "
+        "--proxy-only-arg=--config=transcript.toml against --base-root . measures a filter",
     )
     ap.add_argument("--json", type=Path, default=None, help="write raw figures here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
