@@ -79,6 +79,7 @@ class SessionView:
     mechanism: str | None = None  # "LOGIN" for the LOGIN command, else the SASL mechanism
     selected: str | None = None  # the selected mailbox, decoded
     capabilities: frozenset[str] | None = None  # the server's, upper-case
+    utf8: bool = False  # UTF8=ACCEPT enabled: mailbox names are UTF-8, not modified UTF-7
     scratch: dict[str, Any] = field(default_factory=dict)
 
 

@@ -744,7 +744,8 @@ class Session:
         filtering.completed(frame)
         view = filtering.view
         view.phase = self.conv.phase
-        view.selected = _mailbox_name(self.conv.selected)
+        view.utf8 = self.conv.utf8_accept
+        view.selected = _mailbox_name(self.conv.selected, view.utf8)
         pending = self.logins.completed(tag, frame.name)
         end = None
         if pending is not None:
@@ -922,5 +923,5 @@ def _replaced(frame: Frame, raw: bytes) -> Frame:
     )  # fmt: skip
 
 
-def _mailbox_name(raw: bytes | None) -> str | None:
-    return None if raw is None else decode_mailbox(raw)
+def _mailbox_name(raw: bytes | None, utf8: bool) -> str | None:
+    return None if raw is None else decode_mailbox(raw, utf8=utf8)

@@ -61,6 +61,7 @@ class Conversation:
         self.pending: dict[bytes, PendingCommand] = {}
         self.capabilities: frozenset[str] | None = None
         self.greeted = False
+        self.utf8_accept = False  # the server confirmed ENABLE UTF8=ACCEPT
         self._assembling: list[bytes] | None = None  # parts of a SELECT/EXAMINE so far
         # What the server's last "+" released in the client decoder (None: nothing).  With
         # nonsync_as_sync, a "+" that released Hold.NONSYNC_LITERAL answers the relay's own
@@ -194,6 +195,10 @@ class Conversation:
             return
         if kind is FrameKind.DATA and frame.name == "CAPABILITY":
             self._maybe_capabilities(frame)
+        elif kind is FrameKind.DATA and frame.name == "ENABLED":
+            # RFC 6855: once UTF8=ACCEPT is enabled, mailbox names travel as UTF-8
+            if b"UTF8=ACCEPT" in frame.raw.upper():
+                self.utf8_accept = True
 
     def expect_relay_continuation(self, tag: bytes) -> None:
         """The relay sent a segment of command ``tag`` ending in a literal announcement of

@@ -600,3 +600,16 @@ def test_relay_literal_continuations() -> None:
     conv.next_server_event()
     conv.next_server_event()
     assert conv.continued is None and conv.stray_continuation
+
+
+def test_utf8_accept_is_followed() -> None:
+    from imapproxy.wire import Conversation
+
+    conv = Conversation()
+    conv.receive_server(b"* OK hi\r\n* ENABLED CONDSTORE\r\n")
+    conv.next_server_event()
+    conv.next_server_event()
+    assert not conv.utf8_accept
+    conv.receive_server(b"* ENABLED utf8=accept\r\n")
+    conv.next_server_event()
+    assert conv.utf8_accept
