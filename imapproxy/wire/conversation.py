@@ -195,10 +195,13 @@ class Conversation:
             return
         if kind is FrameKind.DATA and frame.name == "CAPABILITY":
             self._maybe_capabilities(frame)
-        elif kind is FrameKind.DATA and frame.name == "ENABLED":
+        elif (
+            kind is FrameKind.DATA
+            and frame.name == "ENABLED"
+            and b"UTF8=ACCEPT" in frame.raw.upper()
+        ):
             # RFC 6855: once UTF8=ACCEPT is enabled, mailbox names travel as UTF-8
-            if b"UTF8=ACCEPT" in frame.raw.upper():
-                self.utf8_accept = True
+            self.utf8_accept = True
 
     def expect_relay_continuation(self, tag: bytes) -> None:
         """The relay sent a segment of command ``tag`` ending in a literal announcement of
