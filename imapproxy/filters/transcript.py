@@ -199,10 +199,12 @@ class TranscriptFilter(Filter):
         )  # fmt: skip
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
+        # the "tag" of a line that is no well-formed command may be a password
+        shown_tag = not cmd.sensitive or (cmd.name in CREDENTIAL_COMMANDS and not cmd.uid)
         self._record(
             "command",
             session,
-            tag=printable(cmd.tag, 64),
+            tag=printable(cmd.tag, 64) if shown_tag else None,
             name=cmd.full_name,
             text=redacted_command(cmd, bodies=self.bodies),
             bytes=cmd.size,

@@ -839,7 +839,7 @@ class Session:
         filtering = self.filtering
         if filtering is not None:
             filtering.refused_by_relay(frame, why)
-            reply = filtering.local_reply(frame.tag, "BAD", reply, "relay")
+            reply = filtering.local_reply(tag, "BAD", reply, "relay")
         await self._send_client(reply)
 
     async def _client_starttls(self, ok: bytes) -> None:

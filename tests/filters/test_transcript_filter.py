@@ -196,3 +196,21 @@ def test_a_blocked_sink_never_blocks_the_producer_and_counts_losses() -> None:
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert sum(r.get("lost", 0) for r in lines) == sink.lost_total
     assert len(lines) + sink.lost_total == 10_001
+
+
+def test_the_tag_of_a_line_that_may_be_a_password_is_not_shown(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    out = tmp_path / "t.jsonl"
+    factory = make_transcript({"path": str(out)}, "filters[0]")
+    factory.start()  # type: ignore[attr-defined]
+    f = factory(INFO)
+    s = SessionView(INFO)
+    line = view(b"hunter22 x\r\n")  # after a refused login: sensitive, not a command
+    f.command(replace(line, sensitive=True, verdict="refuse", by="relay"), s)
+    f.command(replace(view(b"a1 LOGIN alice pw\r\n"), sensitive=True), s)
+    factory.close()  # type: ignore[attr-defined]
+    text = out.read_text()
+    assert "hunter22" not in text
+    records = [json.loads(x) for x in text.splitlines()]
+    assert records[0]["tag"] is None and records[1]["tag"] == "a1"
