@@ -889,6 +889,8 @@ async def test_transcript_response_literals_are_sized_and_elided(
             with trio.fail_after(5):
                 while '"session_end"' not in out.getvalue():  # noqa: ASYNC110
                     await trio.sleep(0.02)
-    fetch = next(r for r in _records(out.getvalue()) if r.get("name") == "FETCH")
+    fetch = next(
+        r for r in _records(out.getvalue()) if r["type"] == "response" and r["name"] == "FETCH"
+    )
     assert "private-body-text" not in fetch["text"], fetch
     assert fetch["literals"] == [len(b"Subject: s\r\n\r\nprivate-body-text\r\n")], fetch
