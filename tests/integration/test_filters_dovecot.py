@@ -22,6 +22,7 @@ import trio
 
 from imapproxy.config import Endpoint, ListenerConfig, ProxyConfig, UpstreamConfig
 from imapproxy.filters import PASS, ChainEntry, FilterChain, OnError
+from imapproxy.filters.api import DROP as DROP_VERDICT
 from imapproxy.filters.api import (
     Answer,
     CommandView,
@@ -35,7 +36,6 @@ from imapproxy.filters.api import (
     SessionView,
     Verdict,
 )
-from imapproxy.filters.api import DROP as DROP_VERDICT
 from imapproxy.filters.sink import RecordSink
 from imapproxy.filters.transcript import TranscriptFactory, format_jsonl
 from tests.support.dovecot import DovecotServer
@@ -282,7 +282,9 @@ async def test_pass_is_byte_transparent(dovecot: DovecotServer, new_user: NewUse
         return [x for x in lines if b"CAPABILITY" not in x and not x.startswith(b"+ ")]
 
     got, sent = without_capabilities(bytes(client.received)), without_capabilities(bytes(conn.sent))
-    assert got == sent, [x for x in got if x not in sent] + [b"--"] + [x for x in sent if x not in got]
+    assert got == sent, (
+        [x for x in got if x not in sent] + [b"--"] + [x for x in sent if x not in got]
+    )
     assert b"hello" in client.received and b"* 1 FETCH" in client.received
 
 
@@ -314,7 +316,7 @@ async def test_replace_rewrites_select(dovecot: DovecotServer, new_user: NewUser
     conn = direct(dovecot, user, password)
     try:
         conn.select("Target", readonly=True)
-        typ, data = conn.fetch("1", "(FLAGS)")
+        _typ, data = conn.fetch("1", "(FLAGS)")
         assert b"\\Flagged" in data[0]  # type: ignore[operator]
         assert conn.select("Source", readonly=True)[1] == [b"0"]
     finally:
@@ -626,7 +628,9 @@ async def test_a_filter_that_raises(
             sid, end = await wait_session_end(log_messages(caplog), client.local_port)
             _, other_end = await wait_session_end(log_messages(caplog), other.local_port)
     assert "reason=logout" in end and "reason=logout" in other_end
-    errors = [r for r in caplog.records if "filter bug on purpose" in (r.getMessage() + str(r.exc_info))]
+    errors = [
+        r for r in caplog.records if "filter bug on purpose" in (r.getMessage() + str(r.exc_info))
+    ]
     assert errors, caplog.text
     assert any(f"session {sid}" in r.getMessage() for r in errors), [r.getMessage() for r in errors]
     assert ("Boom" in mailboxes(dovecot, user, password)) == (mode == "open")
@@ -769,7 +773,9 @@ async def test_transcript_and_log_never_show_secrets(
     assert {r["user"] for r in records if r["type"] == "session_end"} >= {u for u, _ in users[:7]}
     log = caplog.text.encode()
     for secret in secrets:
-        assert secret not in text, "\n".join(json.dumps(r) for r in records if secret.decode() in json.dumps(r))
+        assert secret not in text, "\n".join(
+            json.dumps(r) for r in records if secret.decode() in json.dumps(r)
+        )
         assert secret not in log, secret
 
 
@@ -810,7 +816,9 @@ async def test_a_blocked_transcript_sink_does_not_slow_sessions(
             baseline = await _noops(addrs, user, password, 200)
         stream = BlockingStream()
         sink = RecordSink("-", format_jsonl, stream=stream, capacity=50)
-        chain_ = FilterChain([ChainEntry("transcript", TranscriptFactory(sink, bodies=False), OnError.OPEN)])
+        chain_ = FilterChain(
+            [ChainEntry("transcript", TranscriptFactory(sink, bodies=False), OnError.OPEN)]
+        )
         try:
             async with running_proxy(config_for(dovecot.port), filters=chain_) as (_, addrs):
                 blocked = await _noops(addrs, user, password, 200)
