@@ -61,8 +61,12 @@ class ProxyProcess:
         workdir: Path,
         wait_ports: Sequence[tuple[str, int]],
         startup_timeout: float = 10.0,
+        pythonpath: Sequence[str] = (),
     ) -> None:
+        """``pythonpath``: directories put before the project's on ``PYTHONPATH`` (a
+        third-party filter installed with ``pip install --target``)."""
         self.args = list(args)
+        self.pythonpath = list(pythonpath)
         self.workdir = workdir
         self.wait_ports = list(wait_ports)
         self.startup_timeout = startup_timeout
@@ -76,7 +80,7 @@ class ProxyProcess:
         return self.proc.pid
 
     def __enter__(self) -> ProxyProcess:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*self.pythonpath, str(ROOT)]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imapproxy", "run", *self.args],
             stdout=self.transcript_path.open("wb"),
