@@ -210,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         proxy = Proxy(config, filters=filters_from_args(args))
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
-        args.run_parser.error(str(exc))
+        # an operator's mistake: one line that names it, no usage block, no traceback
+        print(f"imapproxy run: error: {exc}", file=sys.stderr)
+        return 2
     tune_malloc()
     trio.run(_run, proxy)
     return 0

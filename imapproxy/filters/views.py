@@ -3,6 +3,7 @@ of them (mailbox arguments).  Pure functions: the relay calls them, tests call t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from ..wire.errors import ParseError
@@ -16,6 +17,34 @@ from .api import CommandView, LiteralInfo, ResponseView
 
 def literal_info(spec: LiteralSpec, *, inline: bool) -> LiteralInfo:
     return LiteralInfo(spec.size, spec.binary, spec.nonsync_marker, inline)
+
+
+_LITERAL_END = re.compile(rb"(~?)\{0*(\d{1,20})(\+?)\}\r?\Z")
+
+
+def inline_literals(raw: bytes) -> list[LiteralInfo]:
+    """The literals held inside a frame's bytes (a server response's small literals are
+    kept in one frame), in order: each line that ends in an announcement is followed by
+    that many bytes."""
+    out: list[LiteralInfo] = []
+    pos = 0
+    end = len(raw)
+    while pos < end:
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            break
+        brace = raw.rfind(b"{", pos, nl)
+        m = _LITERAL_END.match(raw, brace - 1 if brace > pos and raw[brace - 1] == 0x7E
+                               else brace, nl) if brace >= 0 else None  # fmt: skip
+        if m is None:
+            pos = nl + 1
+            continue
+        size = int(m.group(2))
+        if nl + 1 + size > end:
+            break  # the last announcement: its literal streams after this frame
+        out.append(LiteralInfo(size, bool(m.group(1)), bool(m.group(3)), True))
+        pos = nl + 1 + size
+    return out
 
 
 def command_view(

@@ -49,7 +49,7 @@ from ..filters.api import (
     Verdict,
 )
 from ..filters.chain import SessionFilters, bye_line, local_reply
-from ..filters.views import command_view, literal_info, response_view
+from ..filters.views import command_view, inline_literals, literal_info, response_view
 from ..wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Side
 from ..wire.limits import Limits
 
@@ -266,9 +266,9 @@ class CommandGate:
             if sent is not None:
                 command, began = sent
                 latency = self.clock() - began
-        lits: tuple[LiteralInfo, ...] = ()
+        lits: list[LiteralInfo] = inline_literals(frame.raw) if b"}" in frame.raw else []
         if frame.literal is not None:
-            lits = (literal_info(frame.literal, inline=not frame.streamed),)
+            lits.append(literal_info(frame.literal, inline=not frame.streamed))
         view = response_view(
             frame, command=command, latency=latency, literals=lits, oversize=oversize
         )

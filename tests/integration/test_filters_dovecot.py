@@ -840,17 +840,7 @@ async def test_a_blocked_transcript_sink_does_not_slow_sessions(
 @pytest.mark.parametrize(
     "jsonl",
     [
-        pytest.param(
-            True,
-            id="jsonl",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: a password sent as a line after a refused LOGIN is written as "
-                "the 'tag' of the JSONL command record and of the relay's BAD response "
-                "record (transcript.py command()/response() print cmd.tag/resp.tag even "
-                "for a sensitive command)",
-            ),
-        ),
+        pytest.param(True, id="jsonl"),
         pytest.param(False, id="text"),
     ],
 )
@@ -881,13 +871,6 @@ async def test_password_line_after_a_refused_login_is_never_shown(
     assert not leaks, leaks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a server response with an inline literal (FETCH BODY[] {21}) has "
-    "ResponseView.literals == () (relay/gate.py Gate.response takes them only from "
-    "frame.literal), so the JSONL record has literals [] and shows the body although "
-    "bodies = false",
-)
 async def test_transcript_response_literals_are_sized_and_elided(
     dovecot: DovecotServer, new_user: NewUser
 ) -> None:
