@@ -39,11 +39,10 @@ from ..logsafe import safe
 from ..wire import Conversation, Frame, FrameKind, Secret
 from ..wire.limits import Limits
 from .ends import SessionEnd
-from .gate import Collect, CommandGate, End, Forward, Refuse
+from .gate import Collect, CommandGate, Decision, End, Forward, Refuse
 
 log = logging.getLogger("imapproxy.session")
 
-NOT_GATED = object()  # Filtering.command: the relay forwards the frame as usual
 _PROXY_CONTINUATION = b"+ Ready for literal data\r\n"
 
 
@@ -79,7 +78,7 @@ class Filtering:
         self._segment_done: trio.Event | None = None  # waiting for the server's "+"
         self._segment_tag: bytes | None = None
         self._segment_ok = False
-        self._dropping = False  # the rest of a dropped response (its literal) is skipped
+        self.dropping = False  # the rest of a dropped response (its literal) is skipped
 
     # ------------------------------------------------------------------ session hooks
 
@@ -100,30 +99,28 @@ class Filtering:
 
     # ------------------------------------------------------------------ client side
 
-    async def command(self, ev: Frame, flush: Callable[[], Awaitable[None]]) -> object:
-        """A client COMMAND frame.  Returns the bytes to forward (appended to the current
-        write by the caller), None when handled here, or NOT_GATED."""
-        decision = self.gate.command_part(ev)
-        if decision is None:
-            return NOT_GATED
+    async def act(self, decision: Decision, flush: Callable[[], Awaitable[None]]) -> None:
+        """Act on the gate's decision about a client command part (the relay handles a
+        pass in one segment itself: it is the common case)."""
         kind = type(decision)
         if kind is Collect:
             await flush()
             if decision.ack:  # type: ignore[union-attr]
                 await self._send_client(_PROXY_CONTINUATION)
             self.conv.client.continuation()
-            return None
+            return
         if kind is Forward:
             segments = decision.segments  # type: ignore[union-attr]
-            if len(segments) == 1:
-                return segments[0]
             await flush()
-            await self._send_segments(decision.view.tag, segments)  # type: ignore[union-attr]
-            return None
+            if len(segments) == 1:
+                await self._send_upstream([segments[0]])
+            else:
+                await self._send_segments(decision.view.tag, segments)  # type: ignore[union-attr]
+            return
         if kind is Refuse:
             await flush()
             await self._refused(decision)  # type: ignore[arg-type]
-            return None
+            return
         assert kind is End
         await flush()
         end: End = decision  # type: ignore[assignment]
@@ -206,18 +203,15 @@ class Filtering:
 
     # ------------------------------------------------------------------ server side
 
+    def wants(self, ev: Frame) -> bool:
+        """Whether a filter wants this response's first part (cheap: every response)."""
+        return self.filters.wants_response(ev.kind, ev.name, ev.raw)
+
     def response(self, ev: Frame, raw: bytes) -> bytes | None:
-        """A server frame about to be relayed (``raw``, as the relay would send it).
-        Returns the bytes to send, or None to drop it.  Raises SessionEnd for a
+        """A server frame's first part about to be relayed (``raw``, as the relay would
+        send it).  Returns the bytes to send, or None to drop it.  Raises SessionEnd for a
         Disconnect."""
-        if not ev.first:
-            if self._dropping:
-                self._dropping = not ev.final
-                return None
-            return raw
         filters = self.filters
-        if not filters.wants_response(ev.kind, ev.name, raw):
-            return raw
         view = ev if raw is ev.raw else _with_raw(ev, raw)
         verdict, by = self.gate.response(view, oversize=ev.oversize)
         kind = type(verdict)
@@ -229,12 +223,9 @@ class Filtering:
                 return raw
             return verdict.raw  # type: ignore[union-attr]
         if kind is Drop:
-            self._dropping = not ev.final
+            self.dropping = not ev.final
             return None
         raise _ended_by_filter(by, verdict)  # type: ignore[arg-type]
-
-    def dropping_chunks(self) -> bool:
-        return self._dropping
 
 
 def _with_raw(frame: Frame, raw: bytes) -> Frame:

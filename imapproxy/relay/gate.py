@@ -98,6 +98,7 @@ class End:
 
 Decision = Collect | Forward | Refuse | End
 _HOLD, _OBSERVE, _SKIP = "hold", "observe", "skip"
+_MAX_MODES = 64
 # Commands that start an exchange once complete (SASL lines, IDLE, TLS, compression).
 _NO_LITERALS = frozenset({"AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS"})
 
@@ -117,6 +118,8 @@ class CommandGate:
         # decide about it), observed (filters see it once its last part has gone by), or
         # skipped (no filter wants it: no view is built).
         self._mode = _SKIP
+        # per command name as spelt (bounded: at most _MAX_MODES names are remembered)
+        self._modes: dict[str, str] = {}
         self.session = session
         self.limits = limits
         self.clock = clock
@@ -143,14 +146,14 @@ class CommandGate:
         if frame.first:
             if self._parts:  # the last message ended unfinished (its literal refused)
                 self._abandoned()
-            name = frame.name[4:] if frame.name.startswith("UID ") else frame.name
-            if self.filters.decides_command(name):
-                self._mode = _HOLD
-            elif self.filters.wants_command(name):
-                self._mode = _OBSERVE
-            else:
-                self._mode = _SKIP
-        mode = self._mode
+            mode = self._modes.get(frame.name)
+            if mode is None:
+                mode = self._mode_for(frame.name)
+                if len(self._modes) < _MAX_MODES:  # clients choose names: bounded
+                    self._modes[frame.name] = mode
+            self._mode = mode
+        else:
+            mode = self._mode
         if mode is _SKIP:
             return None
         if mode is _OBSERVE:
@@ -203,6 +206,14 @@ class CommandGate:
         if type(verdict) is Disconnect:
             return End(bye_line(verdict), by, verdict.text)
         raise AssertionError(verdict)
+
+    def _mode_for(self, full_name: str) -> str:
+        name = full_name[4:] if full_name.startswith("UID ") else full_name
+        if self.filters.decides_command(name):
+            return _HOLD
+        if self.filters.wants_command(name):
+            return _OBSERVE
+        return _SKIP
 
     def _observe(self, frame: Frame) -> None:
         """Observers only: keep the parts (bounded) and show the command once whole."""

@@ -99,7 +99,8 @@ from ..wire import (
 )
 from ..wire.conversation import AUTHENTICATING_COMMANDS
 from .ends import END_REASONS, SessionEnd, unavailable
-from .filtering import NOT_GATED, Filtering
+from .filtering import Filtering
+from .gate import Forward
 from .login import LoginTracker
 from .upstream import UpstreamSetup
 
@@ -152,6 +153,7 @@ class Session:
         self.client_tls: str | None = None
         self.user: str | None = None
         self.logins = LoginTracker(config.limits)
+        self._selected: bytes | None = None  # the selected mailbox, as last shown to filters
         self._client_lock = trio.Lock()
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
@@ -484,6 +486,7 @@ class Session:
         conv = self.conv
         filtering = self.filtering
         assert filtering is not None
+        gate = filtering.gate
         out: list[bytes] = []  # frames collected for one write upstream
         size = 0
         read_size = self.config.session_limits.read_size
@@ -562,13 +565,14 @@ class Session:
                         continue
                     if ev.sensitive:
                         self.logins.note(ev)
-                    gated = await filtering.command(ev, flush)
-                    if gated is None:
-                        continue
-                    if gated is NOT_GATED:
+                    decision = gate.command_part(ev)  # (sync: the common case costs no await)
+                    if decision is None:
                         raw = self._as_sync(ev).raw if ev.nonsync else ev.raw
+                    elif type(decision) is Forward and len(decision.segments) == 1:
+                        raw = decision.segments[0]
                     else:
-                        raw = gated  # type: ignore[assignment]
+                        await filtering.act(decision, flush)
+                        continue
                 else:  # a SASL line or IDLE's DONE
                     if ev.sensitive:
                         self.logins.note(ev)
@@ -672,18 +676,24 @@ class Session:
                                 "unexpected continuation request from upstream",
                                 b"* BYE [UNAVAILABLE] proxy and server out of step\r\n",
                             )
-                    try:
-                        raw = filtering.response(ev, ev.raw)
-                    except SessionEnd:
-                        await flush()
-                        raise
-                    if raw is None:  # dropped by a filter
+                    raw = ev.raw
+                    if ev.first:
+                        if filtering.wants(ev):
+                            try:
+                                raw = filtering.response(ev, raw)
+                            except SessionEnd:
+                                await flush()
+                                raise
+                            if raw is None:  # dropped by a filter
+                                continue
+                    elif filtering.dropping:  # the rest of a response a filter dropped
+                        filtering.dropping = not ev.final
                         continue
                     out.append(raw)
                     size += len(raw)
                     boundary = ev.final
                 elif type(ev) is LiteralChunk:
-                    if filtering.dropping_chunks():
+                    if filtering.dropping:
                         continue
                     out.append(ev.data)
                     size += len(ev.data)
@@ -743,9 +753,12 @@ class Session:
         assert filtering is not None
         filtering.completed(frame)
         view = filtering.view
-        view.phase = self.conv.phase
-        view.utf8 = self.conv.utf8_accept
-        view.selected = _mailbox_name(self.conv.selected, view.utf8)
+        conv = self.conv
+        view.phase = conv.phase
+        view.utf8 = conv.utf8_accept
+        if conv.selected is not self._selected:  # (decoded only when it changes)
+            self._selected = conv.selected
+            view.selected = _mailbox_name(conv.selected, view.utf8)
         pending = self.logins.completed(tag, frame.name)
         end = None
         if pending is not None:
