@@ -65,9 +65,13 @@ class Filtering:
         send_client: Callable[[bytes], Awaitable[None]],
         send_upstream: Callable[[list[bytes]], Awaitable[None]],
         refused: Callable[[bytes], None] = lambda tag: None,
+        wait_segment: Callable[[trio.Event], Awaitable[None]] | None = None,
+        segment_answered: Callable[[], None] = lambda: None,
     ) -> None:
         """``refused(tag)`` is told of every command refused here (it never reaches the
-        server: e.g. a login it must not be taken for)."""
+        server: e.g. a login it must not be taken for).  ``wait_segment(done)`` waits for
+        the server's answer to a segment (the session's keeps an eye on the client
+        meanwhile); ``segment_answered()`` is told when it came."""
         self.filters = filters
         self.view = view
         self.conv = conv
@@ -75,6 +79,8 @@ class Filtering:
         self._send_client = send_client
         self._send_upstream = send_upstream
         self._on_refused = refused
+        self._wait_segment = wait_segment or (lambda done: done.wait())
+        self._segment_answered = segment_answered
         self._segment_done: trio.Event | None = None  # waiting for the server's "+"
         self._segment_tag: bytes | None = None
         self._segment_ok = False
@@ -136,7 +142,7 @@ class Filtering:
             self._segment_ok = False
             self.conv.expect_relay_continuation(tag)
             await self._send_upstream([segment])
-            await done.wait()
+            await self._wait_segment(done)
             self._segment_done = None
             if not self._segment_ok:
                 return
@@ -148,12 +154,14 @@ class Filtering:
         if done is not None:
             self._segment_ok = True
             done.set()
+            self._segment_answered()
 
     def completed(self, frame: Frame) -> None:
         """A tagged completion (first part) from the server."""
         done = self._segment_done
         if done is not None and frame.tag == self._segment_tag:
             done.set()  # refused in the middle: nothing more of it is sent
+            self._segment_answered()
 
     async def _refused(self, decision: Refuse) -> None:
         tag = decision.tag

@@ -189,6 +189,15 @@ class CommandGate:
         self._parts = []
         self._size = 0
         view = self._view(parts, frame, streams=streams)
+        if view.parse_error is not None:
+            # A filter decides about this command, and the proxy cannot read its
+            # arguments; the server might (Dovecot reads "S\ecret" as "Secret"): a rule
+            # must not be talked around by a spelling only the server understands.
+            self.filters.observe_command(replace(view, verdict="refuse", by="relay"),
+                                         self.session)  # fmt: skip
+            reject = Reject(f"arguments not understood: {view.parse_error}", status="BAD",
+                            code="CLIENTBUG")  # fmt: skip
+            return self._refused(view, reject, None)
         verdict, by = self.filters.command(view, self.session)
         if type(verdict) is Pass:
             segments = tuple(_as_sync(p) for p in parts)

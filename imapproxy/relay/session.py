@@ -154,6 +154,7 @@ class Session:
         self.user: str | None = None
         self.logins = LoginTracker(config.limits)
         self._selected: bytes | None = None  # the selected mailbox, as last shown to filters
+        self._segment_scope: trio.CancelScope | None = None  # a client read meanwhile
         self._client_lock = trio.Lock()
         self._relay_scope: trio.CancelScope | None = None
         self._setup_scope = trio.CancelScope()
@@ -348,9 +349,44 @@ class Session:
             send_client=self._send_client,
             send_upstream=self._send_upstream,
             refused=self.logins.forget,
+            wait_segment=self._await_segment,
+            segment_answered=self._wake_segment_wait,
         )
         self.filtering.started()
         return self.filtering
+
+    async def _await_segment(self, done: trio.Event) -> None:
+        """Wait for the server's answer to a segment of a command the relay sends in
+        pieces.  The server owes it (its timer runs: a silent one is upstream_stalled);
+        the client is still read, so one that vanishes is noticed at once, and what it
+        pipelines meanwhile waits in the decoder (at most max_held_bytes, then no more is
+        read until the answer comes)."""
+        self._client_partial = False
+        self._touch(client=True)
+        held = 0
+        limit = self.config.limits.max_held_bytes
+        read_size = self.config.session_limits.guarded_read_size
+        while not done.is_set():
+            if held >= limit:
+                await done.wait()
+                return
+            with trio.CancelScope() as scope:
+                self._segment_scope = scope
+                data = await self._receive(self.client, read_size, "client")
+                if not data:
+                    raise SessionEnd(
+                        "client_closed", "client closed the connection during its command"
+                    )
+                self.stats.bytes_from_client += len(data)
+                held += len(data)
+                self.conv.receive_client(data)
+            self._segment_scope = None
+
+    def _wake_segment_wait(self) -> None:
+        scope = self._segment_scope
+        if scope is not None:
+            self._segment_scope = None
+            scope.cancel()
 
     def _filter_error(self, name: str, hook: str, exc: BaseException) -> None:
         # the exception's text may quote what the filter was looking at: escaped, cut
