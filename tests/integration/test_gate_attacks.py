@@ -171,9 +171,7 @@ def assert_upstream_is_what_passed(upstream: bytes, record: Record) -> None:
 
 
 def tagged_answers(from_server: bytes) -> set[bytes]:
-    return {
-        m.group(1) for m in re.finditer(rb"(?m)^([^*+\s][^\s]*) (?:OK|NO|BAD)\b", from_server)
-    }
+    return {m.group(1) for m in re.finditer(rb"(?m)^([^*+\s][^\s]*) (?:OK|NO|BAD)\b", from_server)}
 
 
 class Direct:
@@ -321,7 +319,7 @@ async def test_pipelined_mix_of_held_refused_and_literal_smuggling(dovecot, acco
             b"p3 DELETE {6+}\r\nSecret\r\n"
             b"p4 RENAME Keep {6+}\r\nSecret\r\n"
             b"p5 CREATE {%d+}\r\n%s\r\n"
-            b"p6 delete \"Keep\"\r\n"
+            b'p6 delete "Keep"\r\n'
             b"p7 SELECT {4+}\r\nKeep\r\n"
             b"p8 UID COPY 1:* {6+}\r\nSecret\r\n"
             b"p9 uid move 1:* Secret\r\n"
@@ -413,26 +411,34 @@ async def fake_login(client: ImapClient) -> None:
 # mailbox_arguments() is empty; Dovecot unescapes any \x to x and runs the command
 # (RENAME "Secr\et" Other renames Secret).  CommandView's docstring says such a command
 # "usually gets a BAD from the server": Dovecot does not.
-QUOTED_ESCAPE = ("quoted string with a non-standard escape (\\e): the proxy's parser "
-                 "gives up (parse_error, no args), Dovecot reads it as 'Secret' and runs it")
+QUOTED_ESCAPE = (
+    "quoted string with a non-standard escape (\\e): the proxy's parser "
+    "gives up (parse_error, no args), Dovecot reads it as 'Secret' and runs it"
+)
 SPELLINGS = [
     pytest.param([b"s DELETE Secret\r\n"], id="atom"),
     pytest.param([b"s delete Secret\r\n"], id="lower"),
-    pytest.param([b"s DeLeTe \"Secret\"\r\n"], id="mixed-quoted"),
+    pytest.param([b's DeLeTe "Secret"\r\n'], id="mixed-quoted"),
     pytest.param([b"s DELETE {6}\r\n", b"Secret\r\n"], id="sync-literal"),
     pytest.param([b"s DELETE {6+}\r\nSecret\r\n"], id="nonsync-literal"),
     pytest.param([b"s DELETE {06+}\r\nSecret\r\n"], id="nonsync-leading-zero"),
     pytest.param([b"s RENAME Secret Other\r\n"], id="rename-atom"),
     pytest.param([b"s RENAME {6}\r\n", b"Secret Other\r\n"], id="rename-sync"),
-    pytest.param([b"s DELETE \"Secr\\et\"\r\n"], id="delete-quoted-escape"),
-    pytest.param([b"s rename \"Secr\\et\" Other\r\n"], id="rename-quoted-escape",
-                 marks=pytest.mark.xfail(strict=True, reason=QUOTED_ESCAPE)),
-    pytest.param([b"s SELECT Keep\r\ns2 COPY 1 \"Secr\\et\"\r\n"], id="copy-quoted-escape",
-                 marks=pytest.mark.xfail(strict=True, reason=QUOTED_ESCAPE)),
+    pytest.param([b's DELETE "Secr\\et"\r\n'], id="delete-quoted-escape"),
+    pytest.param(
+        [b's rename "Secr\\et" Other\r\n'],
+        id="rename-quoted-escape",
+        marks=pytest.mark.xfail(strict=True, reason=QUOTED_ESCAPE),
+    ),
+    pytest.param(
+        [b's SELECT Keep\r\ns2 COPY 1 "Secr\\et"\r\n'],
+        id="copy-quoted-escape",
+        marks=pytest.mark.xfail(strict=True, reason=QUOTED_ESCAPE),
+    ),
     pytest.param([b"s RENAME Keep {6}\r\n", b"Secret\r\n"], id="rename-to-secret"),
     pytest.param([b"s SELECT Keep\r\ns2 UID COPY 1:* Secret\r\n"], id="uid-copy"),
     pytest.param([b"s SELECT Keep\r\ns2 Uid Move 1:* {6+}\r\nSecret\r\n"], id="uid-move"),
-    pytest.param([b"s SELECT Keep\r\ns2 COPY 1 \"Secret\"\r\n"], id="copy-quoted"),
+    pytest.param([b's SELECT Keep\r\ns2 COPY 1 "Secret"\r\n'], id="copy-quoted"),
     pytest.param([b"s APPEND Secret {5}\r\n", b"hello\r\n"], id="append-sync"),
     pytest.param([b"s APPEND {6+}\r\nSecret {5+}\r\nhello\r\n"], id="append-literals"),
 ]
@@ -466,7 +472,7 @@ async def test_spellings_of_the_refused_command(dovecot, account, parts) -> None
 
 @DOVECOT
 async def test_modified_utf7_name_is_decided_decoded(dovecot, account) -> None:
-    """"Secret-ä" written in modified UTF-7 (Secret-&AOQ-) is a name containing Secret."""
+    """ "Secret-ä" written in modified UTF-7 (Secret-&AOQ-) is a name containing Secret."""
     user, password, direct = account
     assert b" OK" in direct.cmd(b"CREATE Secret-&AOQ-")
     record = Record()
@@ -484,7 +490,7 @@ async def test_modified_utf7_name_is_decided_decoded(dovecot, account) -> None:
 
 @DOVECOT
 async def test_uid_with_two_spaces_is_not_a_way_around(dovecot, account) -> None:
-    """"UID  COPY" (two spaces): the relay's name for it is "UID"; if a filter deciding
+    """ "UID  COPY" (two spaces): the relay's name for it is "UID"; if a filter deciding
     about COPY is bypassed that way, Dovecot must not run it either."""
     user, password, direct = account
     record = Record()
@@ -599,8 +605,10 @@ async def run_fake(script: Script, client_part, caplog, *, timeouts: Timeouts = 
     with trio.fail_after(LIMIT):
         async with (
             fake_server(script, expect_errors=expect_errors) as fake,
-            running_proxy(config(fake.port, timeouts=timeouts),
-                          filters=record.chain()) as (_, addrs),  # fmt: skip
+            running_proxy(config(fake.port, timeouts=timeouts), filters=record.chain()) as (
+                _,
+                addrs,
+            ),  # fmt: skip
         ):
             client = await ImapClient.connect(*addrs[0])
             await client_part(client)
@@ -623,9 +631,9 @@ async def test_server_answers_a_segment_with_two_plus(caplog, write) -> None:
 
     _, conn, end = await run_fake(held_create_script(twice), client_part, caplog)
     assert "upstream_desync" in end, end
-    assert bytes(conn.received).endswith(b"a CREATE {3}\r\n") or bytes(
-        conn.received
-    ).endswith(b"a CREATE {3}\r\nabc\r\n")
+    assert bytes(conn.received).endswith(b"a CREATE {3}\r\n") or bytes(conn.received).endswith(
+        b"a CREATE {3}\r\nabc\r\n"
+    )
 
 
 async def test_server_plus_after_the_last_segment(caplog) -> None:
@@ -791,4 +799,3 @@ async def test_authenticate_with_initial_response_and_literal(dovecot, new_user)
         assert got == {b"L": b"OK"}, text
 
     await through_proxy(dovecot, record, body)
-
