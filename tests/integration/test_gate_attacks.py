@@ -16,6 +16,7 @@ broken server makes come from the scripted fake server.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import re
 import socket
@@ -799,3 +800,51 @@ async def test_authenticate_with_initial_response_and_literal(dovecot, new_user)
         assert got == {b"L": b"OK"}, text
 
     await through_proxy(dovecot, record, body)
+
+
+@DOVECOT
+@pytest.mark.parametrize(
+    "first", [b"A AUTHENTICATE PLAIN\r\n", b"A LOGIN {%d+}\r\n"], ids=["authenticate", "login"]
+)
+async def test_refused_login_before_tls_then_the_credentials_anyway(
+    dovecot, new_user, caplog, tls_certs, first
+) -> None:
+    """require_tls_for_login on plaintext: the capability stage refuses the login; the
+    client sends its SASL line (or the literal's credentials) anyway, in the same write.
+    Those bytes are then read as a command line: no filter may see them unredacted, no
+    log line may hold them, and Dovecot never sees them."""
+    user, password = new_user()
+    payload = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+    record = Record()
+    if b"%d" in first:
+        first = first % len(user) + user.encode() + b" " + password.encode() + b"\r\n"
+        secret = password.encode()
+    else:
+        first += payload + b"\r\n"
+        secret = payload
+    with trio.fail_after(LIMIT):
+        async with (
+            recording_relay(dovecot.host, dovecot.port) as relay,
+            running_proxy(
+                dataclasses.replace(
+                    config(relay.port),
+                    require_tls_for_login=True,
+                    cert_file=str(tls_certs.cert_path),
+                    key_file=str(tls_certs.key_path),
+                ),
+                filters=record.chain(),
+            ) as (_, addrs),
+        ):
+            client = await ImapClient.connect(*addrs[0])
+            assert (await client.read_response()).startswith(b"* OK")
+            await client.send(first + b"n NOOP\r\n")
+            got, text = await read_tags(client, [b"A", b"n"])
+            assert got[b"A"] in (b"NO", b"BAD") and got[b"n"] == b"OK", text
+            await client.send(b"Z LOGOUT\r\n")
+            await client.read_until_eof()
+            up = await relay.connection(0)
+            await up.done.wait()
+    assert secret not in bytes(up.received)
+    for view in record.passed + record.refused:
+        assert view.sensitive or secret not in view.raw, view
+    assert secret.decode() not in "\n".join(messages(caplog)())
