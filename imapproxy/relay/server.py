@@ -41,6 +41,8 @@ class Proxy:
             lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
         )
         self.filters = FilterChain((stage, *self.configured.entries))
+        # filter name -> hooks that raised, process-wide (logged at shutdown; metrics later)
+        self.filter_errors: collections.Counter[str] = collections.Counter()
         self.server_ssl = (
             server_context(config.cert_file, config.key_file)
             if config.cert_file and config.key_file
@@ -94,6 +96,11 @@ class Proxy:
                 poller.cancel_scope.cancel()
         finally:
             self._lifecycle("close")
+        if self.filter_errors:
+            log.warning(
+                "filter errors since start: %s",
+                ", ".join(f"{name}={n}" for name, n in sorted(self.filter_errors.items())),
+            )
         log.info("shut down")
 
     def reopen(self) -> None:
@@ -176,6 +183,7 @@ class Proxy:
             server_ssl=self.server_ssl,
             upstream_ssl=self.upstream_ssl,
             filters=self.filters,
+            filter_errors=self.filter_errors,
             busy_poll=self.busy_poll,
         )
         self.sessions.add(session)

@@ -69,6 +69,7 @@ labels; the end line's ``detail`` says more).  Timeouts name the side that stall
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import ssl
@@ -134,6 +135,7 @@ class Session:
         server_ssl: ssl.SSLContext | None,
         upstream_ssl: ssl.SSLContext | None,
         filters: FilterChain,
+        filter_errors: collections.Counter[str] | None = None,
         busy_poll: BusyPoll | None = None,
     ) -> None:
         self.id = session_id
@@ -146,8 +148,8 @@ class Session:
         self.upstream_ssl = upstream_ssl
         self.busy_poll = busy_poll
         self.chain = filters
+        self.filter_errors = filter_errors if filter_errors is not None else collections.Counter()
         self.filtering: Filtering | None = None  # once set up (see _open_filters)
-        self.view: SessionView | None = None
         self.conv = Conversation(config.limits, nonsync_as_sync=True)
         self.stats = SessionStats()
         self.client_tls: str | None = None
@@ -389,6 +391,7 @@ class Session:
             scope.cancel()
 
     def _filter_error(self, name: str, hook: str, exc: BaseException) -> None:
+        self.filter_errors[name] += 1
         # the exception's text may quote what the filter was looking at: escaped, cut
         log.error(
             "session %s: filter %s failed in %s: %s: %s",
