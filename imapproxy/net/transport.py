@@ -85,13 +85,17 @@ holding ~1.4 MiB for the rest of its life (100 stalled uploads: +170 MiB).  With
 it holds at most ~190 KiB.  Measured (2 GiB through ``receive_some(1 MiB)``): CPU per GB
 is the same for 128 KiB and 1 MiB refills (median 0.59 vs 0.64 s/GB; 64 KiB: 0.67)."""
 
-TLS_WRITE_CHUNK = 65536
+TLS_WRITE_CHUNK = 262144
 """Big writes are encrypted and sent in pieces of this size: the output buffer stays small
 (cache-resident, reused), instead of growing (and zero-filling, and page-faulting) to the
 size of a 1 MiB write before it is copied out again.  Like the input BIO it never shrinks
-(4/3 of the most it held): with 256 KiB pieces every TLS session that once sent a big
-write kept ~340 KiB, with 64 KiB ~85 KiB.  Measured (2 GiB through ``send_all(1 MiB)``,
-median of 5): 0.42 CPU-s/GB with 64 KiB pieces, 0.41 with 256 KiB, 0.49 with 32 KiB."""
+(4/3 of the most it held): with 256 KiB pieces a TLS session that once sent a big write
+keeps ~340 KiB, with 64 KiB ~85 KiB.  Measured (2 GiB through ``send_all(1 MiB)``, median
+of 5): 0.42 CPU-s/GB with 64 KiB pieces, 0.41 with 256 KiB, 0.49 with 32 KiB; but through
+the relay (bench/relay_bench.py, 1 MiB FETCHes, 3 interleaved repetitions) 64 KiB pieces
+cost 4-8% of the throughput (779 vs 848 MB/s) and 256 KiB none (906 vs 900): the fewer
+sends matter more than the cache.  A stalled upload sends nothing big, so what a stalled
+session holds is unchanged; a session that fetched a big message keeps the ~340 KiB."""
 
 
 class SocketStream(trio.abc.Stream):
