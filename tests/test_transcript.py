@@ -209,3 +209,32 @@ def test_a_long_server_line_is_shown_once() -> None:
     assert lines[2].endswith("... (long line, more than 224 bytes)"), lines[2]
     assert len(lines[2]) < 400
     assert "S: a OK done" in lines[3] and " ms)" in lines[3]
+
+
+def test_a_command_waiting_for_the_servers_plus_is_shown_before_it() -> None:
+    """An APPEND no filter holds back goes upstream in parts; the server's "+" is relayed
+    before the literal comes, so the transcript shows the command first, then the "+"."""
+    out = io.StringIO()
+    filters = transcript_chain(out).open(INFO, lambda *a: None)
+    gate = CommandGate(filters, SessionView(INFO), Limits(), clock=lambda: 0.0)
+    client = Decoder(Side.CLIENT)
+    client.authenticated = True
+    client.receive_data(b"a APPEND INBOX {5}\r\n")
+    head = client.next_event()
+    assert isinstance(head, Frame) and gate.command_part(head) is None
+    server = Decoder(Side.SERVER)
+    server.receive_data(b"* OK hi\r\n+ OK\r\n")
+    server.next_event()
+    plus = server.next_event()
+    assert isinstance(plus, Frame)
+    gate.response(plus)
+    assert client.continuation()
+    client.receive_data(b"hello\r\n")
+    rest = client.next_event()
+    assert isinstance(rest, Frame) and gate.command_part(rest) is None
+    _SINKS.pop().close()
+    lines = out.getvalue().splitlines()
+    assert [ln.split(" ", 2)[2] for ln in lines] == [
+        "C: a APPEND INBOX {5}\\r\\n<5 bytes>",  # the literal to come, by its size
+        "S: + OK",
+    ]

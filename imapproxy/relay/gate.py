@@ -118,6 +118,7 @@ class CommandGate:
         # decide about it), observed (filters see it once its last part has gone by), or
         # skipped (no filter wants it: no view is built).
         self._mode = _SKIP
+        self._shown = False  # observers were shown the command in progress at its head
         # per command name as spelt (bounded: at most _MAX_MODES names are remembered)
         self._modes: dict[str, str] = {}
         self.session = session
@@ -225,9 +226,17 @@ class CommandGate:
         return _SKIP
 
     def _observe(self, frame: Frame) -> None:
-        """Observers only: keep the parts (bounded) and show the command once whole."""
+        """Observers only: keep the parts (bounded) and show the command once whole, or
+        as far as it has come when it waits for the server's "+" (the "+" is relayed
+        before the rest comes: shown in that order; a login is always shown whole)."""
+        if frame.first:
+            self._shown = False
+        elif self._shown:
+            return  # shown at its head already
         literal = frame.literal
-        if not frame.final and not (literal is not None and frame.streamed):
+        # (a LOGIN is shown whole: its user name, in a literal, is what is looked for)
+        waits = literal is not None and literal.sync and not frame.final and not frame.sensitive
+        if not frame.final and not waits and not (literal is not None and frame.streamed):
             if self._size <= self.max_assembled:
                 self._parts.append(frame)
                 self._size += len(frame.raw) + (literal.size if literal else 0)
@@ -235,6 +244,7 @@ class CommandGate:
         parts = [*self._parts, frame] if self._size <= self.max_assembled else self._parts
         self._parts = []
         self._size = 0
+        self._shown = not frame.final
         view = self._view(parts, frame, streams=not frame.final)
         self.filters.command(view, self.session)
         self._sent[view.tag] = (view, self.clock())
