@@ -287,6 +287,8 @@ class Filter:
     shown once their last part has gone by, and a verdict on them is not acted on).
     """
 
+    __slots__ = ()  # (subclasses may define slots: one filter per session adds up)
+
     name: ClassVar[str] = "filter"
     observes_only: ClassVar[bool] = False
     wants_commands: ClassVar[frozenset[str] | None] = None

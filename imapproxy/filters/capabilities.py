@@ -41,6 +41,8 @@ NO_COMPRESS = Reject("COMPRESS is not available through this proxy", status="NO"
 
 
 class CapabilityFilter(Filter):
+    __slots__ = ("_logins", "info", "require_tls_for_login")
+
     name = "capabilities"
     wants_commands = frozenset({"LOGIN", "AUTHENTICATE", "COMPRESS"})
     wants_responses = frozenset({"CAPABILITY"})

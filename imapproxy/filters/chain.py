@@ -94,6 +94,12 @@ class FilterChain:
 class SessionFilters:
     """One session's filter instances and the hooks run over them in order."""
 
+    __slots__ = (
+        "_codes", "_command_names", "_decided_names", "_deciders", "_deciders_reversed",
+        "_filters", "_observers", "_observers_reversed", "_response_names", "decides",
+        "failed", "report",
+    )  # fmt: skip
+
     def __init__(
         self,
         filters: Sequence[tuple[Filter, OnError]],
@@ -108,14 +114,11 @@ class SessionFilters:
         self._observers_reversed = tuple(reversed(self._observers))
         self.report = on_error
         self.failed = failed  # a closed filter could not be made: end the session
-        # Whether any filter decides about commands (else the relay need not assemble).
-        self._command_names = _union(f.wants_commands for f, _ in self._filters)
-        self._decided_names = _union(
-            f.decided_commands() for f, _ in self._filters if not f.observes_only
+        (self._command_names, self._decided_names, self._response_names, self._codes) = (
+            _interests(tuple(f for f, _ in self._filters))
         )
+        # Whether any filter decides about commands (else the relay need not assemble).
         self.decides = self._decided_names != frozenset()
-        self._response_names = _union(f.wants_responses for f, _ in self._filters)
-        self._codes = frozenset().union(*(f.wants_codes for f, _ in self._filters))
 
     def wants_command(self, name: str) -> bool:
         """Whether any filter wants to see commands of this name (without UID)."""
@@ -343,6 +346,38 @@ def response_code(raw: bytes) -> str | None:
     """The response code of a status response (upper-case), or None."""
     m = _CODE.match(raw)
     return m.group(1).decode("ascii").upper() if m else None
+
+
+_Names = frozenset[str] | None
+_INTERESTS: dict[tuple[object, ...], tuple[_Names, _Names, _Names, frozenset[str]]] = {}
+
+
+def _interests(
+    filters: tuple[Filter, ...],
+) -> tuple[_Names, _Names, _Names, frozenset[str]]:
+    """What a session's filters want, as name sets (None: all).  The same for every
+    session of a chain in practice: kept once per distinct answer (bounded), not per
+    session."""
+    key = tuple(
+        (f.wants_commands, f.decided_commands(), f.wants_responses, f.wants_codes,
+         f.observes_only)
+        for f in filters
+    )  # fmt: skip
+    try:
+        cached = _INTERESTS.get(key)
+    except TypeError:  # a filter's name sets are not hashable (a list): not kept
+        key, cached = (), None
+    if cached is not None:
+        return cached
+    value = (
+        _union(f.wants_commands for f in filters),
+        _union(f.decided_commands() for f in filters if not f.observes_only),
+        _union(f.wants_responses for f in filters),
+        frozenset().union(*(f.wants_codes for f in filters)),
+    )
+    if key and len(_INTERESTS) < 256:
+        _INTERESTS[key] = value
+    return value
 
 
 def _union(sets: Iterable[frozenset[str] | None]) -> frozenset[str] | None:

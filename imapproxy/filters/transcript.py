@@ -164,6 +164,8 @@ def format_text(record: Record) -> str:
 class TranscriptFilter(Filter):
     """One session's transcript; records go to the process-wide sink."""
 
+    __slots__ = ("bodies", "client", "listener", "session", "sink")
+
     name = "transcript"
     observes_only = True
 

@@ -55,6 +55,12 @@ def _ended_by_filter(by: str | None, verdict: Disconnect) -> SessionEnd:
 
 
 class Filtering:
+    __slots__ = (
+        "_on_refused", "_segment_answered", "_segment_done", "_segment_ok", "_segment_tag",
+        "_send_client", "_send_upstream", "_wait_segment", "conv", "dropping", "filters",
+        "gate", "view",
+    )  # fmt: skip
+
     def __init__(
         self,
         filters: SessionFilters,

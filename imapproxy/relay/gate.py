@@ -104,6 +104,11 @@ _NO_LITERALS = frozenset({"AUTHENTICATE", "IDLE", "STARTTLS", "COMPRESS"})
 
 
 class CommandGate:
+    __slots__ = (
+        "_mode", "_modes", "_parts", "_sent", "_shown", "_size", "clock", "filters",
+        "limits", "max_assembled", "session",
+    )  # fmt: skip
+
     def __init__(
         self,
         filters: SessionFilters,
@@ -131,7 +136,6 @@ class CommandGate:
         )
         self._parts: list[Frame] = []
         self._size = 0
-        self._skip_tag: bytes | None = None  # a command the gate let by (rest not gated)
         # commands sent and not completed: their views and when they went upstream
         self._sent: dict[bytes, tuple[CommandView, float]] = {}
 

@@ -18,6 +18,8 @@ from ..wire.limits import Limits
 
 
 class LoginTracker:
+    __slots__ = ("_auth_mechanism", "_auth_step", "_login_parts", "_pending", "limits")
+
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._pending: dict[bytes, tuple[str, str]] = {}  # tag: (user, mechanism)
