@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .wire.events import Frame, FrameKind
+from .wire.events import FrameKind
 
 _DATA_LIST = re.compile(rb"\* CAPABILITY( [^\r\n]*)?(?=\r?\n)", re.IGNORECASE)
 _CODE_LIST = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
@@ -53,13 +53,6 @@ def mediate_list(caps: list[bytes], policy: CapabilityPolicy) -> list[bytes]:
     if policy.login_disabled and b"LOGINDISABLED" not in present:
         out.append(b"LOGINDISABLED")
     return out
-
-
-def mediate_frame(frame: Frame, policy: CapabilityPolicy) -> bytes | None:
-    """New bytes for a frame that carries capabilities and needs changing, else None."""
-    if frame.kind is FrameKind.DATA and not frame.final:
-        return None
-    return mediate_raw(frame.kind, frame.name, frame.raw, policy)
 
 
 def mediate_raw(kind: FrameKind, name: str, raw: bytes, policy: CapabilityPolicy) -> bytes | None:

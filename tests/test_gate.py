@@ -56,9 +56,12 @@ def gate_with(fn: Callable[[CommandView], object], on_error: OnError = OnError.C
     return gate, f, now
 
 
-def drive(gate: CommandGate, data: bytes) -> list[object]:
+def drive(gate: CommandGate, data: bytes, *, settle: bool = False) -> list[object]:
     """Feed client bytes through a decoder (as the relay does, nonsync_as_sync) and the
-    gate; answer Collect as the relay would.  Returns the gate's decisions."""
+    gate; answer Collect as the relay would.  Returns the gate's decisions.  With
+    ``settle`` a refusal settles the decoder as the relay does
+    (``conv.client.completed(tag, "NO")``): a {n} literal then never comes, a {n+} one is
+    read and discarded."""
     dec = Decoder(Side.CLIENT, LIMITS)
     dec.authenticated = True
     dec.nonsync_as_sync = True
@@ -73,6 +76,8 @@ def drive(gate: CommandGate, data: bytes) -> list[object]:
             out.append(decision)
             if isinstance(decision, Collect):
                 assert dec.continuation()
+            elif settle and isinstance(decision, Refuse):
+                dec.completed(decision.tag, "NO")
 
 
 def passing(cmd: CommandView) -> object:

@@ -4,35 +4,18 @@ tests/integration/test_gate_attacks.py."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from imapproxy.filters import PASS, Reject
 from imapproxy.filters.views import mailbox_arguments
-from imapproxy.relay.gate import Collect, CommandGate, Forward, Refuse
-from imapproxy.wire import NEED_DATA, PAUSED, Decoder, Frame, Side
-from tests.test_gate import LIMITS, gate_with
+from imapproxy.relay.gate import Collect, Forward, Refuse
+from tests.test_gate import drive as base_drive
+from tests.test_gate import gate_with
 
-
-def drive(gate: CommandGate, data: bytes) -> list[object]:
-    """As tests/test_gate.py's, and a refusal settles the decoder as the relay does
-    (``conv.client.completed(tag, "NO")``): a {n} literal then never comes, a {n+} one
-    is read and discarded."""
-    dec = Decoder(Side.CLIENT, LIMITS)
-    dec.authenticated = True
-    dec.nonsync_as_sync = True
-    dec.receive_data(data)
-    out: list[object] = []
-    while True:
-        ev = dec.next_event()
-        if ev is NEED_DATA or ev is PAUSED:
-            return out
-        if isinstance(ev, Frame):
-            decision = gate.command_part(ev)
-            out.append(decision)
-            if isinstance(decision, Collect):
-                assert dec.continuation()
-            elif isinstance(decision, Refuse):
-                dec.completed(decision.tag, "NO")
+# the relay settles the decoder after a refusal
+drive = functools.partial(base_drive, settle=True)
 
 
 def guard(cmd):  # type: ignore[no-untyped-def]

@@ -217,16 +217,12 @@ class Filtering:
 
     # ------------------------------------------------------------------ server side
 
-    def wants(self, ev: Frame) -> bool:
-        """Whether a filter wants this response's first part (cheap: every response)."""
-        return self.filters.wants_response(ev.kind, ev.name, ev.raw)
-
     def response(self, ev: Frame, raw: bytes) -> bytes | None:
         """A server frame's first part about to be relayed (``raw``, as the relay would
         send it).  Returns the bytes to send, or None to drop it.  Raises SessionEnd for a
         Disconnect."""
         filters = self.filters
-        view = ev if raw is ev.raw else _with_raw(ev, raw)
+        view = ev.with_raw(raw)
         verdict, by = self.gate.response(view, oversize=ev.oversize)
         kind = type(verdict)
         if kind is Pass:
@@ -240,11 +236,3 @@ class Filtering:
             self.dropping = not ev.final
             return None
         raise _ended_by_filter(by, verdict)  # type: ignore[arg-type]
-
-
-def _with_raw(frame: Frame, raw: bytes) -> Frame:
-    return Frame(
-        frame.side, frame.kind, raw, frame.tag, frame.name, frame.number, frame.first,
-        frame.final, frame.literal, frame.streamed, frame.sensitive, frame.nonsync,
-        frame.oversize,
-    )  # fmt: skip

@@ -205,7 +205,7 @@ class CommandGate:
             return self._refused(view, reject, None)
         verdict, by = self.filters.command(view, self.session)
         if type(verdict) is Pass:
-            segments = tuple(_as_sync(p) for p in parts)
+            segments = tuple(as_sync(p) for p in parts)
             return self._forward(view, segments, streams, replaced=False)
         if type(verdict) is Replace:
             try:
@@ -312,7 +312,7 @@ class CommandGate:
         self._sent.pop(tag, None)
 
 
-def _as_sync(frame: Frame) -> bytes:
+def as_sync(frame: Frame) -> bytes:
     """A part's bytes with a closing ``{n+}`` written ``{n}`` (it is sent as a
     synchronising literal: the relay waits for the server's ``+``)."""
     raw = frame.raw
@@ -343,7 +343,7 @@ def segment_command(raw: bytes, tag: bytes, limits: Limits) -> tuple[bytes, ...]
             raise ValueError("a replacement command must keep the command's tag")
         if ev.streamed:
             raise ValueError("a replacement command cannot hold a literal that large")
-        segments.append(_as_sync(ev))
+        segments.append(as_sync(ev))
         if ev.final:
             break
     if dec.buffered:
@@ -358,5 +358,6 @@ __all__ = [
     "End",
     "Forward",
     "Refuse",
+    "as_sync",
     "segment_command",
 ]

@@ -101,7 +101,7 @@ from ..wire import (
 from ..wire.conversation import AUTHENTICATING_COMMANDS
 from .ends import END_REASONS, SessionEnd, unavailable
 from .filtering import Filtering
-from .gate import Forward
+from .gate import Forward, as_sync
 from .login import LoginTracker
 from .upstream import UpstreamSetup
 
@@ -606,7 +606,7 @@ class Session:
                         self.logins.note(ev)
                     decision = gate.command_part(ev)  # (sync: the common case costs no await)
                     if decision is None:
-                        raw = self._as_sync(ev).raw if ev.nonsync else ev.raw
+                        raw = as_sync(ev) if ev.nonsync else ev.raw
                     elif type(decision) is Forward and len(decision.segments) == 1:
                         raw = decision.segments[0]
                     else:
@@ -651,6 +651,7 @@ class Session:
         conv = self.conv
         filtering = self.filtering
         assert filtering is not None
+        wants = filtering.filters.wants_response  # (per response: one call)
         assert self.upstream is not None
         out: list[bytes] = []  # bytes collected for one write to the client
         size = 0
@@ -717,7 +718,7 @@ class Session:
                             )
                     raw = ev.raw
                     if ev.first:
-                        if filtering.wants(ev):
+                        if wants(ev.kind, ev.name, raw):
                             try:
                                 raw = filtering.response(ev, raw)
                             except SessionEnd:
@@ -853,7 +854,7 @@ class Session:
         the server read bytes differently from the proxy: the server rejects the tag or
         does not know the name and skips the line.  (Literals are safe: a synchronising one
         lets the server decide, and the decoder waits for that answer; a non-synchronising
-        one is sent on as synchronising, see ``_as_sync``.)
+        one is sent on as synchronising, see :func:`.gate.as_sync`.)
         """
         if frame.first and not frame.name:
             return "malformed command"
@@ -863,17 +864,6 @@ class Session:
             # literal, and the proxy and the server would read the stream differently.
             return "tag already in use by a command in progress"
         return None
-
-    def _as_sync(self, frame: Frame) -> Frame:
-        """The part with its closing ``{n+}`` sent on as ``{n}`` (see the module docstring);
-        the decoder has paused for the server's answer, as for a client's own ``{n}``."""
-        literal = frame.literal
-        if literal is None or not literal.nonsync_marker:
-            # the decoder ends a part at every {n+} when nonsync_as_sync is set
-            raise AssertionError("non-synchronising literal inside a part")
-        raw = frame.raw
-        plus = raw.rindex(b"+}")
-        return _replaced(frame, raw[:plus] + raw[plus + 1 :])
 
     async def _refuse(self, frame: Frame, why: str) -> None:
         """Answer a command with BAD without forwarding any of it; its literal (which the
@@ -961,18 +951,6 @@ async def _acquire(lock: trio.Lock) -> None:
         lock.acquire_nowait()
     except trio.WouldBlock:
         await lock.acquire()
-
-
-def _replaced(frame: Frame, raw: bytes) -> Frame:
-    """The frame as the proxy sent it (capabilities mediated), for taps."""
-    if raw is frame.raw:
-        return frame
-    return Frame(
-        frame.side, frame.kind, raw, frame.tag, frame.name,
-        number=frame.number, first=frame.first, final=frame.final,
-        literal=frame.literal, streamed=frame.streamed, sensitive=frame.sensitive,
-        nonsync=frame.nonsync, oversize=frame.oversize,
-    )  # fmt: skip
 
 
 def _mailbox_name(raw: bytes | None, utf8: bool) -> str | None:

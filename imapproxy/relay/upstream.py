@@ -207,8 +207,4 @@ class UpstreamSetup:
 
 def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:
     """The greeting with its [CAPABILITY] list replaced by ``caps`` (after upstream TLS)."""
-    g = greeting
-    return Frame(
-        g.side, g.kind, with_code_list(g.raw, caps), g.tag, g.name, g.number, g.first,
-        g.final, g.literal, g.streamed, g.sensitive, g.nonsync, g.oversize,
-    )  # fmt: skip
+    return greeting.with_raw(with_code_list(greeting.raw, caps))

@@ -126,6 +126,17 @@ class Frame:
         self.nonsync = nonsync
         self.oversize = oversize
 
+    def with_raw(self, raw: bytes) -> Frame:
+        """The same part with other bytes (as the relay sent it: capabilities mediated,
+        ``{n+}`` written ``{n}``, a filter's replacement)."""
+        if raw is self.raw:
+            return self
+        return Frame(
+            self.side, self.kind, raw, self.tag, self.name, self.number, self.first,
+            self.final, self.literal, self.streamed, self.sensitive, self.nonsync,
+            self.oversize,
+        )  # fmt: skip
+
     @property
     def waits_for_continuation(self) -> bool:
         """The sender will send nothing more of this message until it gets a ``+``."""
