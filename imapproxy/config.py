@@ -88,6 +88,10 @@ class Timeouts:
     # silent too, has lost the command (e.g. it answered only with an untagged BAD): the
     # session ends rather than live on forever.
     answer_timeout: float = 60 * 60.0
+    # A filter's command hook that must wait (a lookup, a login delay) is given this long;
+    # beyond it the hook counts as failed (its on_error applies).  The session's next
+    # commands wait behind it, so it stays short.
+    filter_hook: float = 5.0
     # Graceful shutdown: how long sessions may go on after the listeners close.
     shutdown_drain: float = 10.0
     # Writing a last BYE to a client that does not read must not hold anything up.

@@ -2,7 +2,8 @@
 
 A filter is an object with up to five hooks, made once per session by a factory, so
 per-session state needs no locks (anything process-wide is shared explicitly, through the
-factory).  Hooks are plain functions and do no I/O:
+factory).  Hooks are plain functions and do no I/O (one exception: a deciding filter's
+``command`` hook may return an awaitable when it must wait, see :mod:`.chain`):
 
 * ``session_started(session)``: the connection is set up (TLS details known);
 * ``authenticated(session)``: the server accepted a login (``session.user`` is set);

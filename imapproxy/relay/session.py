@@ -353,6 +353,7 @@ class Session:
             refused=self.logins.forget,
             wait_segment=self._await_segment,
             segment_answered=self._wake_segment_wait,
+            hook_timeout=self.config.timeouts.filter_hook,
         )
         self.filtering.started()
         return self.filtering
