@@ -222,7 +222,7 @@ class SessionFilters:
         replaced, replaced_by = pending.replaced, pending.replaced_by
         if type(step) is Replace:
             replaced, replaced_by = step, f.name
-            cmd = replace(cmd, raw=step.raw)
+            cmd = cmd.with_raw(step.raw)
         elif step is not None:
             return self._decided(step, f.name, cmd, session)
         return self._decided(
@@ -242,7 +242,7 @@ class SessionFilters:
             return verdict, None
         if self._observers:
             if type(verdict) is Replace:
-                cmd = replace(cmd, raw=verdict.raw, verdict="replace", by=by)
+                cmd = cmd.with_raw(verdict.raw, verdict="replace", by=by)
             elif type(verdict) is not Pass:
                 cmd = replace(cmd, verdict=_VERDICT_NAMES[type(verdict)], by=by)
             failed = self._observe("command", cmd, session, self._observers)
@@ -303,7 +303,7 @@ class SessionFilters:
                 continue
             if type(step) is Replace:
                 replaced, replaced_by = step, f.name
-                cmd = replace(cmd, raw=step.raw)
+                cmd = cmd.with_raw(step.raw)
                 continue
             return step, f.name, cmd
         if replaced is not None:
@@ -346,7 +346,9 @@ class SessionFilters:
             elif hook == "response" and not _wanted(f, message):  # type: ignore[arg-type]
                 continue
             try:
-                _discard(getattr(f, hook)(message, session))
+                result = getattr(f, hook)(message, session)
+                if result is not PASS and result is not None:
+                    _discard(result)  # (an observer's awaitable is never waited for)
             except Exception as exc:
                 self.report(f.name, hook, exc)
                 if on_error is OnError.CLOSED and failed is None:

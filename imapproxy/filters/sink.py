@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 Record = dict[str, Any]
 Formatter = Callable[[Record], str]  # one record -> one line, without the newline
+# A record is a dict for the formatter, or a line made already (a JSON object: the
+# transcript's hot path makes command and response lines itself).
 
 DEFAULT_CAPACITY = 10_000  # records; at ~300 bytes each about 3 MB
 
@@ -40,7 +42,7 @@ class RecordSink:
         self.formatter = formatter
         self.capacity = capacity
         self._stream = stream
-        self._queue: collections.deque[Record] = collections.deque()
+        self._queue: collections.deque[Record | str] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = True
@@ -62,7 +64,7 @@ class RecordSink:
         self._thread = threading.Thread(target=self._run, name="imapproxy-sink", daemon=True)
         self._thread.start()
 
-    def put(self, record: Record) -> None:
+    def put(self, record: Record | str) -> None:
         """Queue a record; never blocks.  Full: the record is lost and counted."""
         queue = self._queue
         if len(queue) >= self.capacity:
@@ -109,13 +111,24 @@ class RecordSink:
                 self._reopen = False
                 self._swap()
             wrote = False
+            formatter = self.formatter
             while queue:
-                record = queue.popleft()
-                with self._lock:
-                    lost, self._lost = self._lost, 0
-                if lost:
-                    record["lost"] = lost
-                self._write(self.formatter(record) + "\n")
+                lines: list[str] = []
+                # a batch at a time: one write call per batch, not per record
+                for _ in range(min(len(queue), 512)):
+                    record = queue.popleft()
+                    lost = 0
+                    if self._lost:  # (read without the lock: it is only ever set with it)
+                        with self._lock:
+                            lost, self._lost = self._lost, 0
+                    if type(record) is str:
+                        lines.append(f'{{"lost":{lost},{record[1:]}' if lost else record)
+                        continue
+                    if lost:
+                        record["lost"] = lost  # type: ignore[index]
+                    lines.append(formatter(record))  # type: ignore[arg-type]
+                lines.append("")
+                self._write("\n".join(lines), len(lines) - 1)
                 wrote = True
             if wrote:
                 self._flush()
@@ -123,18 +136,18 @@ class RecordSink:
         if self._out is not None and self.path != "-":
             self._out.close()
 
-    def _write(self, line: str) -> None:
+    def _write(self, lines: str, count: int) -> None:
         out = self._out
         if out is None:
             return
         try:
-            out.write(line)
-            self.written += 1
+            out.write(lines)
+            self.written += count
         except (OSError, ValueError) as exc:
             self.error = f"cannot write {self.path}: {exc}"
             with self._lock:
-                self._lost += 1
-                self.lost_total += 1
+                self._lost += count
+                self.lost_total += count
 
     def _flush(self) -> None:
         try:

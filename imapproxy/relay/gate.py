@@ -247,7 +247,7 @@ class CommandGate:
                 # a filter's bug, not the client's: fail closed
                 self.filters.report(by or "?", "command", exc)
                 return self._refused(view, Reject("filter failed", code="UNAVAILABLE"), by)
-            return self._forward(replace(view, raw=verdict.raw), segments, False, replaced=True)
+            return self._forward(view.with_raw(verdict.raw), segments, False, replaced=True)
         if type(verdict) is Reject or type(verdict) is Answer:
             return self._refused(view, verdict, by)
         if type(verdict) is Disconnect:
