@@ -25,6 +25,9 @@ Formatter = Callable[[Record], str]  # one record -> one line, without the newli
 # transcript's hot path makes command and response lines itself).
 
 DEFAULT_CAPACITY = 10_000  # records; at ~300 bytes each about 3 MB
+# Seconds between the writer's rounds: records reach the file (or a `tail`) this late at
+# most; a burst that fills a quarter of the buffer wakes it at once.
+WRITE_INTERVAL = 0.05
 
 
 class RecordSink:
@@ -45,7 +48,9 @@ class RecordSink:
         self._queue: collections.deque[Record | str] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = True
+        # The writer drains the queue every WRITE_INTERVAL seconds, or as soon as it is a
+        # quarter full: waking a thread for every record cost more than writing it.
+        self._wake_at = max(1, capacity // 4)
         self._lost = 0  # lost since the last record written
         self.lost_total = 0
         self.written = 0
@@ -73,7 +78,7 @@ class RecordSink:
                 self.lost_total += 1
             return
         queue.append(record)
-        if self._idle:
+        if len(queue) == self._wake_at:  # (once per filling: not a wake-up per record)
             self._wake.set()
 
     def reopen(self) -> None:
@@ -100,13 +105,11 @@ class RecordSink:
     def _run(self) -> None:
         queue = self._queue
         while True:
-            self._idle = True
-            if not queue:
-                if self._closing:
-                    break
-                self._wake.wait(0.5)
+            if not queue and self._closing:
+                break
+            if not self._closing:
+                self._wake.wait(WRITE_INTERVAL)
                 self._wake.clear()
-            self._idle = False
             if self._reopen:
                 self._reopen = False
                 self._swap()
