@@ -48,9 +48,19 @@ class Endpoint:
 class ListenerConfig:
     endpoint: Endpoint
     implicit_tls: bool  # True: TLS from the first byte; False: plain, STARTTLS if a cert is set
+    # A plain listener offers STARTTLS when it has a certificate, unless this is False
+    # (the config file's tls = "none").
+    starttls: bool = True
+    # This listener's own certificate and key (default: ProxyConfig's).
+    cert_file: str | None = None
+    key_file: str | None = None
+    # What logs, the policy's `listener` rule and metrics call it (default: its name below).
+    label: str | None = None
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return ("imaps" if self.implicit_tls else "imap") + f"@{self.endpoint}"
 
 
