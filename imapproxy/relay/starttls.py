@@ -54,7 +54,7 @@ def tls_info(s: Session) -> TlsInfo | None:
     if s.client_tls is None or not isinstance(client, TlsStream):
         return None
     cipher = client.cipher()
-    return TlsInfo(s.client_tls, cipher[0] if cipher else None, None)
+    return TlsInfo(s.client_tls, cipher[0] if cipher else None, client.server_name())
 
 
 def starttls_refusal(frame: Frame) -> str | None:
