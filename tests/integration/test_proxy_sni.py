@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,36 @@ def test_the_server_context_keeps_sni_per_connection(sni_certs: TlsCerts) -> Non
     first = handshake(NAME)
     second = handshake(HOST)
     assert (client_sni(first), client_sni(second)) == (NAME, None)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (see below)
+async def test_a_non_ascii_sni_fails_that_handshake_only(
+    dovecot: DovecotServer, sni_certs: TlsCerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 6066 says a HostName is ASCII.  Python's ssl cannot hand a non-ASCII one to the
+    SNI callback and fails the handshake (it reports an "unraisable" UnicodeDecodeError):
+    that session ends tls_failed, and the next one is served as usual."""
+    caplog.set_level(logging.INFO, logger="imapproxy")
+    openssl = shutil.which("openssl")
+    assert openssl, "this test needs the openssl command (apt-get install openssl)"
+    seen: list[tuple[str, str, TlsInfo | None]] = []
+    config = _config(dovecot, sni_certs)
+    async with running_proxy(config, filters=_chain(seen, io.StringIO())) as (_, addrs):
+        port = addrs[0][1]
+        args = [openssl, "s_client", "-connect", f"{HOST}:{port}", "-servername"]
+        done = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [*(a.encode() for a in args), "é.test".encode()],
+                input=b"", capture_output=True, timeout=15, check=False,
+            )
+        )  # fmt: skip
+        assert done.returncode != 0, done.stdout  # no TLS session
+        with trio.fail_after(15):
+            while "reason=tls_failed" not in caplog.text:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        client = await _implicit(port, sni_certs, NAME)
+        assert (await client.command(b"z", b"LOGOUT")).startswith(b"z OK")
+        await client.stream.aclose()
+        await _wait_ended(seen, 1)
+    assert [hook for _, hook, _ in seen] == ["start", "end"]
+    assert seen[0][2] is not None and seen[0][2].sni == NAME
