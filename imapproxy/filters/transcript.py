@@ -29,7 +29,8 @@ logged in).  By type:
 * ``response``: ``tag`` (null if untagged), ``name``, ``status`` and ``code`` (status
   responses), ``latency_ms`` and ``command`` (a tagged completion), ``text``, ``bytes``,
   ``literals``, ``oversize``;
-* ``session_end``: ``reason``, ``detail``, ``bytes_in``, ``bytes_out``, ``duration``.
+* ``session_end``: ``tls`` (as at the start; set after STARTTLS), ``reason``, ``detail``,
+  ``bytes_in``, ``bytes_out``, ``duration``.
 
 A record may carry ``lost``: how many records were lost (buffer full, disk too slow)
 just before it.
@@ -60,6 +61,7 @@ from .api import (
     SessionEndInfo,
     SessionInfo,
     SessionView,
+    TlsInfo,
     Verdict,
 )
 from .chain import response_code
@@ -239,9 +241,8 @@ class TranscriptFilter(Filter):
             "session_start",
             session,
             listener=self.listener,
-            tls=None if tls is None else {"version": tls.version, "cipher": tls.cipher,
-                                          "sni": tls.sni},
-        )  # fmt: skip
+            tls=_tls_fields(tls),
+        )
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
         sensitive = cmd.sensitive
@@ -353,12 +354,18 @@ class TranscriptFilter(Filter):
         self._record(
             "session_end",
             session,
+            tls=_tls_fields(session.tls),  # (after STARTTLS it was not known at the start)
             reason=end.reason,
             detail=printable(end.detail),
             bytes_in=end.bytes_from_client,
             bytes_out=end.bytes_from_upstream,
             duration=round(end.duration, 3),
         )
+
+
+def _tls_fields(tls: TlsInfo | None) -> dict[str, str | None] | None:
+    return None if tls is None else {"version": tls.version, "cipher": tls.cipher,
+                                     "sni": tls.sni}  # fmt: skip
 
 
 class TranscriptFactory:

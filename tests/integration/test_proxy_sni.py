@@ -181,8 +181,9 @@ async def test_starttls_sni_reaches_filters_once_tls_is_up(
     dovecot: DovecotServer, sni_certs: TlsCerts, server_hostname: str, sni: str | None
 ) -> None:
     seen: list[tuple[str, str, TlsInfo | None]] = []
+    out = io.StringIO()
     config = _config(dovecot, sni_certs)
-    async with running_proxy(config, filters=_chain(seen, io.StringIO())) as (_, addrs):
+    async with running_proxy(config, filters=_chain(seen, out)) as (_, addrs):
         client = await _starttls(addrs[1][1], sni_certs, server_hostname)
         assert (await client.command(b"a", b"NOOP")).startswith(b"a OK")
         assert (await client.command(b"z", b"LOGOUT")).startswith(b"z OK")
@@ -195,6 +196,11 @@ async def test_starttls_sni_reaches_filters_once_tls_is_up(
     assert tls.sni == sni
     assert tls.version.startswith("TLSv1.") and tls.cipher
     assert session["end"] == tls
+    # the transcript: no TLS at the start, the STARTTLS details at the end
+    records = {r["type"]: r for r in map(json.loads, out.getvalue().splitlines())}
+    assert records["session_start"]["tls"] is None
+    assert records["session_end"]["tls"] == {"version": tls.version, "cipher": tls.cipher,
+                                             "sni": sni}  # fmt: skip
 
 
 def test_the_server_context_keeps_sni_per_connection(sni_certs: TlsCerts) -> None:
