@@ -261,6 +261,10 @@ class TlsStream(trio.abc.Stream):
     def getpeercert(self) -> dict[str, Any] | None:
         return self._ssl.getpeercert()
 
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's certificate as DER, verified or not (``imapproxy check``)."""
+        return self._ssl.getpeercert(binary_form=True)
+
     # ------------------------------------------------------------ handshake
 
     async def do_handshake(self) -> None:
