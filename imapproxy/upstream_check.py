@@ -36,7 +36,9 @@ class CheckReport:
         self.lines.append((label, value))
 
     def text(self) -> str:
-        return "\n".join(f"{label + ':':14}{value}" for label, value in self.lines)
+        return "\n".join(
+            f"{label + ':' if label else '':14}{value}" for label, value in self.lines
+        )
 
 
 async def check_upstream(config: ProxyConfig) -> CheckReport:

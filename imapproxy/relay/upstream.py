@@ -11,6 +11,7 @@ the capabilities it announced before TLS no longer count.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from typing import Protocol
 
@@ -124,7 +125,7 @@ class UpstreamSetup:
             connected = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise unavailable(
-                "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
+                "upstream_unavailable", f"cannot connect to upstream: {_connect_error(exc)}"
             ) from None
         self.stream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
 
@@ -255,6 +256,21 @@ class UpstreamSetup:
             if type(ev) is EndOfStream:
                 raise unavailable("upstream_unavailable", "upstream closed the connection")
             raise unavailable("upstream_protocol", "unexpected literal from upstream during set-up")
+
+
+def _connect_error(exc: OSError) -> str:
+    """Why a connection failed: trio's "all attempts to connect ... failed" names no
+    reason; its cause holds one error per address tried."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = dict.fromkeys(
+            os.strerror(e.errno) if e.errno else str(e)
+            for e in cause.exceptions
+            if isinstance(e, OSError)
+        )
+        if reasons:
+            return ", ".join(reasons)
+    return exc.strerror or str(exc)
 
 
 def _advised(reason: str, what: str, advice: str) -> SessionEnd:
