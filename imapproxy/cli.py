@@ -65,10 +65,20 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def _subparser(
-    sub: Any, name: str, *, help: str, common: argparse.ArgumentParser
+    sub: Any,
+    name: str,
+    *,
+    help: str,
+    common: argparse.ArgumentParser,
+    description: str | None = None,
 ) -> argparse.ArgumentParser:
+    """A subcommand: ``help`` is its one line in ``imapproxy --help``."""
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=help, parents=[common], formatter_class=HelpFormatter
+        name,
+        help=help,
+        description=description or help,
+        parents=[common],
+        formatter_class=HelpFormatter,
     )
     parser.set_defaults(subparser=parser)
     return parser
@@ -109,13 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="IMAP proxy and traffic inspector",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"imapproxy {package_version()}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"imapproxy {package_version()}",
+        help="print the version and exit",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--debug", action="store_true", help="show the traceback with an error (for bug reports)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    run = _subparser(sub, "run", help="run the proxy", common=common)
+    run = _subparser(
+        sub,
+        "run",
+        help="run the proxy",
+        description="Run the proxy: listeners for clients, one upstream IMAP server.",
+        common=common,
+    )
     run.set_defaults(handler=_cmd_run)
     run.add_argument(
         "--listen",
@@ -237,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = _subparser(
         sub,
         "check",
-        help="connect to the upstream once and report its greeting, TLS (version, "
-        "certificate) and capabilities; exit 0 if it answers as IMAP, else 1",
+        help="connect to the upstream once and report what it offers",
+        description="Connect to the upstream once, as a session would, and report its "
+        "greeting, TLS (version, certificate) and capabilities; exit 0 if it answers as "
+        "an IMAP server, else 1.",
         common=common,
     )
     check.set_defaults(handler=_cmd_check)

@@ -20,8 +20,7 @@ def add_parser(
     formatter = certs.formatter_class
     init = sub.add_parser(
         "init",
-        help="make a development CA and a server certificate signed by it (the CA's key "
-        "is not kept)",
+        help="make a development CA and a server certificate",
         description="Make ca.pem (the CA certificate clients trust), cert.pem and key.pem "
         "(the proxy's --cert and --key; mode 0600) in --dir.  For development only.",
         parents=[common],
@@ -45,8 +44,10 @@ def add_parser(
     )
     show = sub.add_parser(
         "show",
-        help="print a certificate's subject, names, issuer and validity (exit 1 if "
-        "expired or not yet valid)",
+        help="print a certificate's subject, names, issuer and validity",
+        description="Print each certificate in FILE: subject, names (subjectAltName), "
+        "issuer, not before, not after, whether it has expired.  Exit 1 if one has "
+        "expired or is not yet valid.",
         parents=[common],
         formatter_class=formatter,
     )
