@@ -13,12 +13,12 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from typing import Any
 
 import trio
 
-from . import __version__, cli_certs, configfile
+from . import cli_certs, configfile
+from .cli_parsing import HelpFormatter, package_version, parse_args, subparser
 from .config import (
     Endpoint,
     ListenerConfig,
@@ -39,49 +39,6 @@ _LIMITS = SessionLimits()
 DEFAULT_LISTEN = "127.0.0.1:1143"
 
 log = logging.getLogger("imapproxy")
-
-
-def package_version() -> str:
-    """The installed distribution's version (``pyproject.toml``), else the source tree's."""
-    try:
-        return metadata.version("imapproxy")
-    except metadata.PackageNotFoundError:
-        return __version__
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless it says it itself or has none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if (
-            "%(default" in text
-            or "default:" in text
-            or not action.option_strings
-            or action.default in (None, False, [], argparse.SUPPRESS)
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def _subparser(
-    sub: Any,
-    name: str,
-    *,
-    help: str,
-    common: argparse.ArgumentParser,
-    description: str | None = None,
-) -> argparse.ArgumentParser:
-    """A subcommand: ``help`` is its one line in ``imapproxy --help``."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        parents=[common],
-        formatter_class=HelpFormatter,
-    )
-    parser.set_defaults(subparser=parser)
-    return parser
 
 
 def add_upstream_args(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback with an error (for bug reports)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    run = _subparser(
+    run = subparser(
         sub,
         "run",
         help="run the proxy",
@@ -255,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the log on stderr shows",
     )
 
-    check = _subparser(
+    check = subparser(
         sub,
         "check",
         help="connect to the upstream once and report what it offers",
@@ -268,20 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_upstream_args(check)
 
     cli_certs.add_parser(
-        lambda name, help: _subparser(sub, name, help=help, common=common), common
+        lambda name, help: subparser(sub, name, help=help, common=common), common
     )
     parser.set_defaults(run_parser=run)
     return parser
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Like ``parser.parse_args``, but an unknown argument is reported with the usage of
-    the subcommand it was given to, not the top level's."""
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        target: argparse.ArgumentParser = getattr(args, "subparser", parser)
-        target.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args
 
 
 def filters_from_args(args: argparse.Namespace) -> FilterChain:
