@@ -246,3 +246,14 @@ def test_run_check_upstream(dovecot: DovecotServer, tmp_path: Path) -> None:
     assert result.returncode == 1, result
     assert "FAILED: cannot connect to upstream" in result.stderr
     assert "listening" not in result.stderr
+
+
+@pytest.mark.dovecot
+def test_check_insecure_still_shows_the_certificate(dovecot: DovecotServer) -> None:
+    result = check("--upstream", f"127.0.0.1:{dovecot.tls_port}", "--upstream-tls", "implicit",
+                   "--upstream-insecure")  # fmt: skip
+    assert result.returncode == 0, result
+    fields = report(result)
+    assert fields["TLS"].endswith("certificate NOT verified (--upstream-insecure)"), fields
+    assert fields["certificate"].startswith("subject CN=localhost,"), fields
+    assert "upstream TLS verification is OFF" in result.stderr  # the usual warning
