@@ -29,6 +29,7 @@ from .config import (
     UpstreamTls,
 )
 from .filters.chain import FilterChain
+from .logsafe import MAX_DETAIL, safe
 from .net.malloc import tune_malloc
 from .relay.server import Proxy
 from .upstream_check import check_upstream
@@ -330,6 +331,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def log_unraisable(unraisable: Any) -> None:
+    """Errors Python can only report, not raise (e.g. a client's TLS handshake with a
+    server name that is not ASCII fails inside ``ssl`` before our SNI callback runs):
+    one escaped log line, not a multi-line traceback on stderr that a client can cause
+    at will."""
+    exc = unraisable.exc_value
+    logging.getLogger("imapproxy").warning(
+        "ignored error%s: %s: %s",
+        f" ({unraisable.err_msg})" if getattr(unraisable, "err_msg", None) else "",
+        type(exc).__name__ if exc is not None else "?",
+        safe(exc, MAX_DETAIL),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -338,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.debug:
+        sys.unraisablehook = log_unraisable
     handler: Callable[[argparse.Namespace], int] = args.handler
     prog = args.subparser.prog
     try:
