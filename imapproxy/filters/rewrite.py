@@ -241,7 +241,7 @@ def _capabilities(options: Mapping[str, Any], path: str) -> CapabilityEdit:
                 raise ConfigError(where, f"expected a capability name; got {value!r}")
             if key == "add" and "*" in value:
                 raise ConfigError(where, "a capability to add cannot hold '*'")
-            if _relay_owned(value.rstrip("*")) or (key == "remove" and value == "*"):
+            if _relay_owned(value.rstrip("*")):
                 raise ConfigError(
                     where,
                     f"{value} is decided by the proxy itself (STARTTLS, LOGINDISABLED, "
