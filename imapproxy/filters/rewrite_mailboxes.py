@@ -125,8 +125,8 @@ class MailboxRewriter:
     def _streamed(self, cmd: CommandView, session: SessionView) -> Verdict:
         """A command decided on its head (its literal streams after): only APPEND's
         mailbox stands before a large literal."""
-        if cmd.name != "APPEND":
-            return PASS
+        if cmd.name != "APPEND" or all(lit.inline for lit in cmd.literals):
+            return PASS  # (or a precheck: the whole command is shown once assembled)
         first = _first_argument(cmd.raw)
         if first is None or not first.is_string:
             return PASS
@@ -177,7 +177,16 @@ class MailboxRewriter:
             words = [changed.get(p, p_raw(cmd.raw, p)) for p in pats]
             words += [astring(encode_name(e, utf8=utf8)) for e in dict.fromkeys(extras)]
             changes = [c for c in changes if c[0] not in pats]
-            changes.append((pat_item, b"(" + b" ".join(words) + b")"))
+            extended = b"(" + b" ".join(words) + b")"
+            if i == 0 and len(items) == 2:
+                # The extended syntax returns only what is asked for (RFC 5258 section
+                # 3): ask for what a basic LIST returns with it.
+                extended += (
+                    b" RETURN (CHILDREN SPECIAL-USE)"
+                    if "SPECIAL-USE" in caps
+                    else (b" RETURN (CHILDREN)")
+                )
+            changes.append((pat_item, extended))
         status = any(
             a.kind == "atom" and a.value.upper() == b"RETURN" and n + 1 < len(items)
             and any(x.is_string and x.value.upper() == b"STATUS" for x in items[n + 1].items)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imapproxy.filters import CommandView, ResponseView, SessionInfo, SessionView
+from imapproxy.filters import CommandView, LiteralInfo, ResponseView, SessionInfo, SessionView
 from imapproxy.filters.rewrite import RewriteFilter, make_rewrite
 from imapproxy.wire import FrameKind
 from imapproxy.wire.parser import parse_command
@@ -23,13 +23,22 @@ def session(*, utf8: bool = False, caps: frozenset[str] = SERVER_CAPS) -> Sessio
     return view
 
 
-def cmd(raw: bytes, *, complete: bool = True) -> CommandView:
+def cmd(raw: bytes, *, complete: bool = True, streamed: int | None = None) -> CommandView:
+    """``streamed``: the size of the literal that streams after ``raw`` (its head)."""
     parsed = parse_command(raw)
     uid = parsed.name.startswith("UID ")
     name = parsed.name[4:] if uid else parsed.name
     sensitive = name in ("LOGIN", "AUTHENTICATE")
+    literals = (LiteralInfo(streamed, inline=False),) if streamed is not None else ()
     return CommandView(
-        parsed.tag, name, uid, parsed.args, raw, complete=complete, sensitive=sensitive
+        parsed.tag,
+        name,
+        uid,
+        parsed.args,
+        raw,
+        literals,
+        complete=complete and streamed is None,
+        sensitive=sensitive,
     )
 
 

@@ -128,11 +128,19 @@ def test_streamed_append() -> None:
     """The head of an APPEND whose message streams cannot be replaced: refused when its
     mailbox is renamed, passed otherwise."""
     big = b"a APPEND Archive (\\Seen) {100000}\r\n"
-    got = f().command(cmd(big, complete=False), session())
+    got = f().command(cmd(big, streamed=100000), session())
     assert isinstance(got, Reject) and got.code == "LIMIT"
-    assert f().command(cmd(b"a APPEND INBOX {100000}\r\n", complete=False), session()) is PASS
-    alias = cmd(b"a APPEND INBOX.Archive ~{100000}\r\n", complete=False)
+    assert f().command(cmd(b"a APPEND INBOX {100000}\r\n", streamed=100000), session()) is PASS
+    alias = cmd(b"a APPEND INBOX.Archive ~{100000}\r\n", streamed=100000)
     assert f().command(alias, session()) == Reject("Mailbox doesn't exist", code="NONEXISTENT")
+
+
+def test_a_precheck_before_a_small_literal_passes() -> None:
+    """Shown before the client sends a small literal (the relay assembles it): nothing to
+    decide yet; the whole command comes next."""
+    head = cmd(b"a APPEND Archive (\\Seen) {5}\r\n", complete=False)
+    assert head.literals == ()
+    assert f().command(head, session()) is PASS
 
 
 # ----------------------------------------------------------------------------- LIST
@@ -148,9 +156,12 @@ def test_streamed_append() -> None:
         (b"a LIST Archive. %", b"a LIST INBOX.Archive. %"),
         (b'a LIST "" *', None),  # already matches every server name
         (b'a LIST "" ""', None),
-        (b'a LIST "" %', b'a LIST "" (% "INBOX.Archive" "INBOX.Drafts")'),
-        (b'a LIST "" A%', b'a LIST "" (A% "INBOX.Archive")'),
-        (b'a LIST "" %.2020', b'a LIST "" (%.2020 "INBOX.Archive.*" "INBOX.Drafts.*")'),
+        (b'a LIST "" %', b'a LIST "" (% "INBOX.Archive" "INBOX.Drafts") RETURN (CHILDREN)'),
+        (b'a LIST "" A%', b'a LIST "" (A% "INBOX.Archive") RETURN (CHILDREN)'),
+        (
+            b'a LIST "" %.2020',
+            b'a LIST "" (%.2020 "INBOX.Archive.*" "INBOX.Drafts.*") RETURN (CHILDREN)',
+        ),
         (
             b'a LIST (SUBSCRIBED) "" (Archive.% Sent) RETURN (CHILDREN)',
             b'a LIST (SUBSCRIBED) "" ("INBOX.Archive.%" "Sent Items") RETURN (CHILDREN)',
@@ -160,6 +171,17 @@ def test_streamed_append() -> None:
 def test_list_patterns(raw: bytes, want: bytes | None) -> None:
     got = f().command(cmd(raw + b"\r\n"), session())
     assert got == (PASS if want is None else Replace(want + b"\r\n"))
+
+
+def test_extended_syntax_asks_for_what_a_basic_list_returns() -> None:
+    caps = frozenset({"LIST-EXTENDED", "SPECIAL-USE"})
+    got = f().command(cmd(b'a LIST "" %\r\n'), session(caps=caps))
+    assert got == Replace(
+        b'a LIST "" (% "INBOX.Archive" "INBOX.Drafts") RETURN (CHILDREN SPECIAL-USE)\r\n'
+    )
+    # the client's own RETURN options are left as they are
+    got = f().command(cmd(b'a LIST "" % RETURN (SUBSCRIBED)\r\n'), session(caps=caps))
+    assert got == Replace(b'a LIST "" (% "INBOX.Archive" "INBOX.Drafts") RETURN (SUBSCRIBED)\r\n')
 
 
 def test_no_extra_patterns_without_list_extended() -> None:
