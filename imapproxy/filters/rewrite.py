@@ -29,11 +29,13 @@ Three independent parts, each optional::
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from ..capabilities import listed_capabilities, with_code_list
+from ..logsafe import safe
 from ..wire.events import FrameKind
 from .api import (
     PASS,
@@ -52,6 +54,7 @@ from .rewrite_mailboxes import MAILBOX_COMMANDS, MAILBOX_RESPONSES, MailboxRewri
 from .rewrite_names import WILDCARDS, MailboxMap, MailboxRule
 from .rewrite_users import MAPPABLE_MECHANISMS, LoginRewriter, UserMap
 
+log = logging.getLogger("imapproxy.session")
 _CAPABILITY = re.compile(r"[A-Za-z0-9][!-~]*\Z")
 _CODE_LIST = re.compile(rb"\[CAPABILITY( [^\]\r\n]*)?\]", re.IGNORECASE)
 _LOGINS = frozenset({"LOGIN", "AUTHENTICATE"})
@@ -171,6 +174,15 @@ class RewriteFilter(Filter):
 
     def client_line(self, line: ClientLineView, session: SessionView) -> Verdict:
         return PASS if self.logins is None else self.logins.client_line(line, session)
+
+    def authenticated(self, session: SessionView) -> None:
+        if session.upstream_user is not None and session.upstream_user != session.user:
+            log.info(
+                "session %s: user %s is %s upstream",
+                session.info.id,
+                safe(session.user),
+                safe(session.upstream_user),
+            )
 
     def response(self, resp: ResponseView, session: SessionView) -> Verdict:
         if resp.tag is not None and resp.kind is FrameKind.STATUS:

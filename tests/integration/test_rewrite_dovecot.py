@@ -166,6 +166,7 @@ async def test_login_forms_reach_the_mapped_user(
                 await client.command(b"Z", b"LOGOUT")
                 await client.aclose()
     assert sink["logins"] == [(name, f"{name}@example.com")] * len(forms)
+    assert caplog.text.count(f"user {name} is {name}@example.com upstream") == len(forms)
     assert password not in caplog.text
     assert plain_ir.decode() not in caplog.text
 
