@@ -49,7 +49,6 @@ MAILBOX_RESPONSES = frozenset(
     {"LIST", "LSUB", "STATUS", "NAMESPACE", "ACL", "MYRIGHTS", "LISTRIGHTS", "METADATA",
      "QUOTAROOT"}
 )  # fmt: skip
-_FIRST_IS_MAILBOX = frozenset({"ACL", "MYRIGHTS", "LISTRIGHTS", "METADATA", "QUOTAROOT"})
 _NEW_NAME = frozenset({"CREATE"})  # (and RENAME's second argument)
 # Refusals for the names a client could only have guessed (see MailboxMap.alias).
 NO_SUCH_MAILBOX = Reject("Mailbox doesn't exist", code="NONEXISTENT")
@@ -174,7 +173,7 @@ class MailboxRewriter:
         if extras and cmd.name == "LIST" and "LIST-EXTENDED" in caps:
             # the pattern argument becomes a list: the client's (translated) and the extras
             changed = dict(changes)
-            words = [changed.get(p, p_raw(cmd.raw, p)) for p in pats]
+            words = [changed.get(p, _raw(cmd.raw, p)) for p in pats]
             words += [astring(encode_name(e, utf8=utf8)) for e in dict.fromkeys(extras)]
             changes = [c for c in changes if c[0] not in pats]
             extended = b"(" + b" ".join(words) + b")"
@@ -314,7 +313,7 @@ class MailboxRewriter:
         return Replace(splice(resp.raw, changes))
 
 
-def p_raw(raw: bytes, item: Item) -> bytes:
+def _raw(raw: bytes, item: Item) -> bytes:
     return raw[item.start : item.end]
 
 

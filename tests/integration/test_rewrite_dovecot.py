@@ -426,3 +426,80 @@ async def test_a_rewrite_cannot_bring_back_what_the_proxy_removed(
         assert b"X-ADDED" in caps, line
         assert b"STARTTLS" not in caps and not any(x.startswith(b"COMPRESS") for x in caps)
     assert status_of(compress[-1]) == b"NO" and b"[CANNOT]" in compress[-1]
+
+
+# ----------------------------------------------------------------------------- ACL, METADATA
+
+
+class AclMetadataDovecot(DovecotServer):
+    """The test Dovecot with the ACL plugin (vfile) and IMAP METADATA switched on."""
+
+    def render_config(self) -> str:
+        text = super().render_config()
+        plugins = "mail_plugins = $mail_plugins imap_zlib"
+        assert plugins in text, "the fixture's imap plugins line moved: adapt this test"
+        text = text.replace(plugins, plugins + " imap_acl")
+        extra = (
+            "mail_plugins = $mail_plugins acl\n"
+            "plugin {\n  acl = vfile\n}\n"
+            "imap_metadata = yes\n"
+            "mail_attribute_dict = file:%h/dovecot-attributes\n"
+        )
+        return text.replace("protocol imap {", extra + "protocol imap {", 1)
+
+
+@pytest.fixture(scope="module")
+def acl_dovecot(tls_certs: Any) -> Iterator[DovecotServer]:
+    with AclMetadataDovecot(certs=tls_certs) as server:
+        yield server
+
+
+async def test_acl_and_metadata_answers(acl_dovecot: DovecotServer) -> None:
+    """SETACL, GETACL, MYRIGHTS, LISTRIGHTS, SETMETADATA, GETMETADATA on the client's
+    names: Dovecot's INBOX.Archive holds the ACL and the annotation (checked directly),
+    and the ACL, MYRIGHTS, LISTRIGHTS and METADATA answers name the client's mailbox."""
+    dovecot = acl_dovecot
+    user, password = "alice", dovecot.users["alice"]
+    seed_server_side(dovecot, user, password)
+    sink: dict[str, Any] = {}
+    options = {"mailboxes": MAILBOXES}
+    with trio.fail_after(TIMEOUT):
+        async with running_proxy(config_for(dovecot.port), filters=chain_for(options, sink)) as (
+            _,
+            addrs,
+        ):
+            c = await ImapClient.connect(*addrs[0])
+            await c.read_response()
+            await c.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+            answers = {}
+            for tag, text in [
+                (b"a", b"SETACL Archive bob lr"),
+                (b"b", b"GETACL Archive"),
+                (b"c", b"MYRIGHTS Sent"),
+                (b"d", b"LISTRIGHTS Archive bob"),
+                (b"e", b'SETMETADATA Archive (/private/comment "kept")'),
+                (b"f", b"GETMETADATA Archive /private/comment"),
+            ]:
+                got = await c.command(tag, text)
+                assert status_of(got[-1]) == b"OK", (text, got)
+                answers[tag] = got[0]
+            await c.command(b"z", b"LOGOUT")
+            await c.aclose()
+    assert answers[b"b"].startswith(b"* ACL Archive ") and b"bob lr" in answers[b"b"]
+    assert answers[b"c"].startswith(b'* MYRIGHTS "Sent" '), answers[b"c"]
+    assert answers[b"d"].startswith(b"* LISTRIGHTS Archive bob "), answers[b"d"]
+    assert answers[b"f"] == b"* METADATA Archive (/private/comment {4}\r\nkept)\r\n" or (
+        answers[b"f"] == b'* METADATA Archive (/private/comment "kept")\r\n'
+    ), answers[b"f"]
+    received = bytes(c.received)
+    assert not any(n in received for n in SERVER_NAMES), received
+    # Dovecot's own state, on its own names
+    d = await ImapClient.connect(dovecot.host, dovecot.port)
+    await d.read_response()
+    await d.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+    acl = await d.command(b"a", b"GETACL INBOX.Archive")
+    meta = await d.command(b"b", b"GETMETADATA INBOX.Archive /private/comment")
+    await d.command(b"z", b"LOGOUT")
+    await d.aclose()
+    assert acl[0].startswith(b"* ACL INBOX.Archive ") and b"bob lr" in acl[0], acl
+    assert meta[0].startswith(b"* METADATA INBOX.Archive ") and b"kept" in meta[0], meta
