@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from imapproxy.filters import DROP, PASS, Reject, Replace
 from imapproxy.filters.rewrite_names import MailboxMap, MailboxRule, glob_match
 from imapproxy.filters.views import MAILBOX_ARGUMENTS
+from imapproxy.relay.gate import segment_command
+from imapproxy.wire.limits import DEFAULT_LIMITS
 
 from .rewrite_helpers import cmd, data, rewrite, session, tagged
 
@@ -326,3 +328,19 @@ def test_every_name_the_client_sees_leads_back_to_its_mailbox(name: str) -> None
         assert m.to_server(m.to_client(name, "."), ".") == name
     if not m.alias(name, "."):
         assert m.to_client(m.to_server(name, "."), ".") == name
+
+
+def test_replacements_are_one_command_the_relay_can_send_in_segments() -> None:
+    """A server name that needs a literal: the replacement keeps the tag, holds the
+    literal inline, and the relay's segmentation accepts it (each literal after the
+    server's +)."""
+    rw = rewrite({"mailboxes": [{"client": "A", "server": "Brouillons/été"}]})
+    got = rw.command(cmd(b'tag7 RENAME A "A/x"\r\n'), session(utf8=True))
+    assert isinstance(got, Replace)
+    segments = segment_command(got.raw, b"tag7", DEFAULT_LIMITS)
+    server = "Brouillons/été".encode()
+    assert segments == (
+        b"tag7 RENAME {%d}\r\n" % len(server),
+        server + b" {%d}\r\n" % (len(server) + 2),
+        server + b"/x\r\n",
+    )
