@@ -83,6 +83,11 @@ class CapabilityEdit:
             upper == r or (r.endswith(b"*") and upper.startswith(r[:-1])) for r in self.remove
         )
 
+    def with_auth(self, auth: frozenset[str]) -> CapabilityEdit:
+        edit = CapabilityEdit([], [], auth=auth)
+        edit.add, edit.remove = self.add, self.remove
+        return edit
+
     def apply(self, caps: list[bytes]) -> list[bytes]:
         out = [c for c in caps if not self._removed(c)]
         present = {c.upper() for c in out}
@@ -130,10 +135,10 @@ class RewriteConfig:
         self.users = users
         self.mailboxes = mailboxes if mailboxes else None
         self.delimiter = delimiter
-        if capabilities is None and users is not None:
-            capabilities = CapabilityEdit([], [], auth=None)
-        if capabilities is not None and users is not None:
-            capabilities.auth = MAPPABLE_MECHANISMS  # others cannot carry a mapped name
+        if users is not None:  # other mechanisms cannot carry a mapped name
+            capabilities = (capabilities or CapabilityEdit([], [], auth=None)).with_auth(
+                MAPPABLE_MECHANISMS
+            )
         self.capabilities = capabilities
 
 

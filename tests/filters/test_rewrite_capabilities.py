@@ -92,3 +92,11 @@ def test_user_mapping_withholds_mechanisms_that_cannot_carry_a_mapped_name() -> 
     assert f.response(data(caps), session()) == Replace(
         b"* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN\r\n"
     )
+
+
+def test_user_mapping_and_capability_edits_together() -> None:
+    f = rewrite({**OPTIONS, "users": {"strip_domain": True}})
+    caps = b"* CAPABILITY IMAP4rev1 QUOTA AUTH=PLAIN AUTH=XOAUTH2\r\n"
+    assert f.response(data(caps), session()) == Replace(
+        b"* CAPABILITY IMAP4rev1 AUTH=PLAIN ID X-NEW\r\n"
+    )
