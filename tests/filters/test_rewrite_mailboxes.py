@@ -344,3 +344,13 @@ def test_replacements_are_one_command_the_relay_can_send_in_segments() -> None:
         server + b" {%d}\r\n" % (len(server) + 2),
         server + b"/x\r\n",
     )
+
+
+def test_the_delimiter_is_learnt_from_namespace() -> None:
+    rw = rewrite({"mailboxes": [{"client": "Team", "server": "shared/team"}]})
+    s = session()
+    got = rw.response(data(b'* NAMESPACE (("" "/")) NIL (("shared/team/" "/"))\r\n'), s)
+    assert got == Replace(b'* NAMESPACE (("" "/")) NIL (("Team/" "/"))\r\n')
+    assert rw.mailboxes is not None and rw.mailboxes.delimiter == "/"
+    assert rw.command(cmd(b"a SELECT Team.x\r\n"), s) is PASS
+    assert rw.command(cmd(b"a SELECT Team/x\r\n"), s) == Replace(b"a SELECT shared/team/x\r\n")
