@@ -53,12 +53,6 @@ _NEW_NAME = frozenset({"CREATE"})  # (and RENAME's second argument)
 # Refusals for the names a client could only have guessed (see MailboxMap.alias).
 NO_SUCH_MAILBOX = Reject("Mailbox doesn't exist", code="NONEXISTENT")
 NAME_NOT_AVAILABLE = Reject("Mailbox name not available", code="CANNOT")
-# A Replace must be whole: a command whose literal streams (an APPEND over the inline
-# limit) cannot have its mailbox rewritten; it is refused rather than sent to the
-# server's mailbox of the client's name.
-STREAMED_APPEND = Reject(
-    "APPEND of a message this large to a renamed mailbox is not supported", code="LIMIT"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +117,8 @@ class MailboxRewriter:
 
     def _streamed(self, cmd: CommandView, session: SessionView) -> Verdict:
         """A command decided on its head (its literal streams after): only APPEND's
-        mailbox stands before a large literal."""
+        mailbox stands before a large literal.  The head is replaced; the message follows
+        as the client sends it."""
         if cmd.name != "APPEND" or all(lit.inline for lit in cmd.literals):
             return PASS  # (or a precheck: the whole command is shown once assembled)
         first = _first_argument(cmd.raw)
@@ -136,9 +131,12 @@ class MailboxRewriter:
             return PASS
         if self.map.alias(name, self.delims):
             return NO_SUCH_MAILBOX
-        if self.map.to_server(name, self.delims) != name:
-            return STREAMED_APPEND
-        return PASS
+        server = self.map.to_server(name, self.delims)
+        if server == name:
+            return PASS
+        # the head is replaced up to the message, which streams after it as announced
+        new = rewrite_as(first, encode_name(server, utf8=session.utf8))
+        return Replace(splice(cmd.raw, [(first, new)]))
 
     def _listing(self, cmd: CommandView, items: tuple[Item, ...], session: SessionView) -> Verdict:
         i = 1 if cmd.name == "LIST" and items and items[0].kind == "list" else 0

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imapproxy.filters import DROP, PASS, Reject, Replace
+from imapproxy.filters import DROP, PASS, LiteralInfo, Reject, Replace
 from imapproxy.filters.rewrite_names import MailboxMap, MailboxRule, glob_match
 from imapproxy.filters.views import MAILBOX_ARGUMENTS
 from imapproxy.relay.gate import segment_command
@@ -127,11 +127,13 @@ def test_names_the_client_could_only_guess_are_refused() -> None:
 
 
 def test_streamed_append() -> None:
-    """The head of an APPEND whose message streams cannot be replaced: refused when its
-    mailbox is renamed, passed otherwise."""
+    """The head of an APPEND whose message streams is replaced when its mailbox is
+    renamed (the message streams after it as announced), passed otherwise."""
     big = b"a APPEND Archive (\\Seen) {100000}\r\n"
     got = f().command(cmd(big, streamed=100000), session())
-    assert isinstance(got, Reject) and got.code == "LIMIT"
+    assert got == Replace(b"a APPEND INBOX.Archive (\\Seen) {100000}\r\n")
+    assert segment_command(got.raw, b"a", DEFAULT_LIMITS,  # type: ignore[union-attr]
+                           streamed=LiteralInfo(100000, inline=False)) == (got.raw,)  # type: ignore[union-attr]
     assert f().command(cmd(b"a APPEND INBOX {100000}\r\n", streamed=100000), session()) is PASS
     alias = cmd(b"a APPEND INBOX.Archive ~{100000}\r\n", streamed=100000)
     assert f().command(alias, session()) == Reject("Mailbox doesn't exist", code="NONEXISTENT")

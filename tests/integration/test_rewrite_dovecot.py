@@ -297,6 +297,47 @@ async def test_imapclient_session_sees_only_its_names(
     assert_no_server_names(sink)
 
 
+async def test_a_large_append_to_a_renamed_mailbox(
+    dovecot: DovecotServer, new_user: NewUser
+) -> None:
+    """A message over the inline limit streams: the APPEND is decided (and its mailbox
+    renamed) on its head, then the message follows as the client sends it, both as a
+    synchronising literal (imapclient) and as {n+}."""
+    user, password = new_user()
+    seed_server_side(dovecot, user, password)
+    big = b"Subject: big\r\n\r\n" + b"x" * 300_000 + b"\r\n"
+    sink: dict[str, Any] = {}
+    with trio.fail_after(TIMEOUT):
+        async with running_proxy(
+            config_for(dovecot.port), filters=chain_for({"mailboxes": MAILBOXES}, sink)
+        ) as (_, addrs):
+
+            def session() -> None:
+                c = IMAPClient(addrs[0][0], port=addrs[0][1], ssl=False, timeout=15)
+                c.login(user, password)
+                c.append("Archive", big)
+                c.logout()
+
+            await trio.to_thread.run_sync(session)
+            client = await ImapClient.connect(*addrs[0])
+            await client.read_response()
+            await client.command(b"l", b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+            await client.send(b"a1 APPEND Sent {%d+}\r\n" % len(big) + big + b"\r\n")
+            reply = await client.read_until_tagged(b"a1")
+            await client.command(b"z", b"LOGOUT")
+    assert status_of(reply[-1]) == b"OK", reply
+    assert server_count(dovecot, user, password, "INBOX.Archive") == 2  # seeded + this one
+    assert server_count(dovecot, user, password, "Sent Items") == 2
+    conn = direct(dovecot, user, password)
+    try:
+        conn.select("INBOX.Archive", readonly=True)
+        _typ, data = conn.fetch("2", "(RFC822.SIZE)")
+        assert f"RFC822.SIZE {len(big)}".encode() in data[0], data  # type: ignore[operator]
+    finally:
+        conn.logout()
+    assert_no_server_names(sink)
+
+
 async def test_raw_session_literals_list_extended_and_namespace(
     dovecot: DovecotServer, new_user: NewUser
 ) -> None:
