@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from . import configfile
+from . import configfile, tail
 from .config import (
     Endpoint,
     ListenerConfig,
@@ -126,8 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration file: the filter chain ([[filters]]); flags still "
         "configure the rest",
     )
+    run.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="Unix socket (mode 0600) where `imapproxy tail` attaches to watch live "
+        "traffic (default: none)",
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(run_parser=run)
+    tail.add_arguments(
+        sub.add_parser("tail", help="watch a running proxy's traffic, or follow a transcript")
+    )
     return parser
 
 
@@ -174,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             answer_timeout=args.answer_timeout,
             shutdown_drain=args.shutdown_drain,
         ),
+        control_socket=args.control_socket,
         session_limits=SessionLimits(
             max_sessions=args.max_sessions,
             max_sessions_per_address=args.max_sessions_per_address,
@@ -201,6 +211,8 @@ async def _run(proxy: Proxy) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "tail":
+        return tail.run(args)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

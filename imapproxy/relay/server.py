@@ -18,13 +18,16 @@ import os
 import trio
 
 from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..filters.api import OnError
 from ..filters.capabilities import CapabilityFilter
 from ..filters.chain import ChainEntry, FilterChain
+from ..filters.live import LiveFactory, LiveHub
 from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
 from ..net.malloc import HeapTrimmer
 from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
+from .control import ControlServer
 from .session import Session
 
 log = logging.getLogger("imapproxy.server")
@@ -41,6 +44,12 @@ class Proxy:
             lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
         )
         self.filters = FilterChain((stage, *self.configured.entries))
+        self.control: ControlServer | None = None
+        if config.control_socket:  # imapproxy tail: the live feed, last in the chain
+            hub = LiveHub(capacity=config.control_limits.queue_records)
+            live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
+            self.filters = FilterChain((*self.filters.entries, live))
+            self.control = ControlServer(config.control_socket, hub, config.control_limits)
         # filter name -> hooks that raised, process-wide (logged at shutdown; metrics later)
         self.filter_errors: collections.Counter[str] = collections.Counter()
         self.server_ssl = (
@@ -92,10 +101,14 @@ class Proxy:
                 if self.busy_poll is not None:
                     poller.start_soon(self.busy_poll.run)
                 poller.start_soon(self.trimmer.run)
+                if self.control is not None:
+                    poller.start_soon(self.control.serve)
                 await self._serve(listeners, task_status)
                 poller.cancel_scope.cancel()
         finally:
             self._lifecycle("close")
+            if self.control is not None:
+                self.control.close()
         if self.filter_errors:
             log.warning(
                 "filter errors since start: %s",
