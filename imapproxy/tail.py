@@ -320,7 +320,10 @@ def _replacement(path: str, f: Any) -> Any | None:
 # ----------------------------------------------------------------------------- main
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``imapproxy tail``: the exit status (2: the operator's problem, said in one line)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
         wanted = RecordFilter.build(
             user=args.user,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .api import (
@@ -72,6 +72,25 @@ class RecordFilter:
     client: frozenset[str] = frozenset()
     command: frozenset[str] = frozenset()
     status: frozenset[str] = frozenset()
+    # per field given, strings one of which a matching record's line must hold: a cheap
+    # test that spares parsing most of the lines a narrow filter does not want
+    needles: tuple[tuple[str, ...], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        groups = []
+        for values, prefix in ((self.user, False), (self.session, False),
+                               (self.client, True), (self.status, False)):  # fmt: skip
+            if values:
+                groups.append(_needles(values, prefix=prefix))
+        if self.command:
+            groups.append(_needles({*self.command, *(f"UID {c}" for c in self.command)},
+                                   prefix=False))  # fmt: skip
+        object.__setattr__(self, "needles", tuple(groups))
+
+    def may_match(self, line: str) -> bool:
+        """False when the JSON line cannot match (no string in it has a wanted value);
+        True says nothing: :meth:`matches` decides."""
+        return all(any(n in line for n in group) for group in self.needles)
 
     @classmethod
     def build(
@@ -148,6 +167,21 @@ class RecordFilter:
             if (name[4:] if name.startswith("UID ") else name) not in self.command:
                 return False
         return not self.status or (kind == "response" and record.get("status") in self.status)
+
+
+def _needles(values: Iterable[str], *, prefix: bool) -> tuple[str, ...]:
+    """A JSON string equal to a value (or, with ``prefix``, starting with ``value:``)
+    holds one of these, however the line was encoded (ASCII escapes or UTF-8)."""
+    out: set[str] = set()
+    for value in values:
+        for encoded in (_json_ascii(value), json.dumps(value, ensure_ascii=False)):
+            out.add(encoded)
+            if prefix:
+                out.add(encoded[:-1] + ":")
+    return tuple(sorted(out))
+
+
+_json_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 # ----------------------------------------------------------------------------- the hub
@@ -229,6 +263,8 @@ class LiveHub:
         for sub in subs:
             rf = sub.filter
             if rf is not None:
+                if not rf.may_match(line):  # type: ignore[arg-type]
+                    continue
                 if parsed is None:
                     parsed = json.loads(line)
                 if not rf.matches(parsed):
