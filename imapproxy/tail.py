@@ -363,6 +363,42 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     return 0
 
 
+class Selector:
+    """Which records to show, and when.  With ``--user``, a session's records from before
+    its login (no user yet: the greeting, CAPABILITY, the LOGIN command) are held until
+    the session has a user: shown then if it is a wanted one, dropped otherwise (or when
+    the session ends without one).  Bounded: a few records of a few sessions."""
+
+    MAX_SESSIONS = 1024  # sessions with records held (the oldest go first)
+    MAX_RECORDS = 64  # records held per session (a login takes about ten)
+
+    def __init__(self, wanted: RecordFilter) -> None:
+        self.wanted = wanted
+        self.held: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+
+    def select(self, line: str, record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        wanted = self.wanted
+        session = record.get("session")
+        if not wanted.user or not isinstance(session, str) or record.get("type") == "notice":
+            return [(line, record)] if wanted.matches(record) else []
+        if record.get("user") is None:
+            if record.get("type") == "session_end":
+                self.held.pop(session, None)
+            elif wanted.matches(record, before_login=True):
+                held = self.held.setdefault(session, [])
+                if len(held) < self.MAX_RECORDS:
+                    held.append((line, record))
+                if len(self.held) > self.MAX_SESSIONS:
+                    del self.held[next(iter(self.held))]
+            return []
+        out = self.held.pop(session, [])
+        if record.get("user") not in wanted.user:
+            out = []
+        if wanted.matches(record):
+            out.append((line, record))
+        return out
+
+
 def _print(
     lines: Iterator[str],
     wanted: RecordFilter,
@@ -373,6 +409,7 @@ def _print(
     as_json: bool,
 ) -> None:
     warned = False
+    selector = Selector(wanted)
     for line in lines:
         if not line.strip():
             continue
@@ -386,20 +423,21 @@ def _print(
                     'format = "jsonl")')  # fmt: skip
                 warned = True
             continue
-        if not wanted.matches(record):
-            lost = record.get("lost")
-            if not isinstance(lost, int) or lost <= 0:
-                continue
+        shown = selector.select(line, record)
+        lost = record.get("lost")
+        if not shown and isinstance(lost, int) and lost > 0:
             # what was lost may have matched: say so anyway, as a notice
-            record = {"v": 1, "t": record.get("t"), "type": "notice", "session": None,
+            notice = {"v": 1, "t": record.get("t"), "type": "notice", "session": None,
                       "client": None, "user": None, "lost": lost,
                       "text": f"{lost} records lost here"}  # fmt: skip
-            line = json.dumps(record, separators=(",", ":"))
-        if as_json:
-            out.write(line.rstrip("\r") + "\n")
-        else:
-            out.write("\n".join(renderer.render(record)) + "\n")
-        out.flush()
+            shown = [(json.dumps(notice, separators=(",", ":")), notice)]
+        for text, rec in shown:
+            if as_json:
+                out.write(text.rstrip("\r") + "\n")
+            else:
+                out.write("\n".join(renderer.render(rec)) + "\n")
+        if shown:
+            out.flush()
 
 
 def _quiet_stdout() -> None:

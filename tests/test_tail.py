@@ -230,6 +230,42 @@ def test_the_quick_test_never_refuses_a_record_that_matches() -> None:
     assert not alice.may_match(jl(records[4]))
 
 
+def test_with_user_a_sessions_login_is_shown_once_the_user_is_known() -> None:
+    from imapproxy.tail import Selector
+
+    def session(sid: str, user: str | None) -> list[dict[str, Any]]:
+        pre = {"session": sid, "user": None}
+        return [
+            rec("session_start", **pre, listener="l", tls=None),
+            command("a1 LOGIN x ***", "LOGIN", **pre),
+            completion("a1 OK in", "LOGIN", session=sid, user=user),
+            command("a2 NOOP", "NOOP", session=sid, user=user),
+            rec(
+                "session_end",
+                session=sid,
+                user=user,
+                reason="logout",
+                detail="",
+                bytes_in=1,
+                bytes_out=1,
+                duration=0.1,
+            ),
+        ]
+
+    alice, bob, failed = session("s1", "alice"), session("s2", "bob"), session("s3", None)
+    failed[2] = completion("a1 NO bad", "LOGIN", status="NO", session="s3", user=None)
+    selector = Selector(RecordFilter.build(user=["alice"]))
+    shown = [r for x in bob + alice + failed for _, r in selector.select(json.dumps(x), x)]
+    assert shown == alice  # in order, the login included; bob's and the failed one not
+    assert selector.held == {}  # nothing kept of sessions that ended
+    selector = Selector(RecordFilter.build(user=["alice"], command=["NOOP"]))
+    assert [r for x in alice for _, r in selector.select("", x)] == [alice[3]]
+    # the proxy sends records from before a login to a tail filtered by user
+    assert RecordFilter.build(user=["alice"]).matches(alice[1], before_login=True)
+    assert RecordFilter.build(user=["alice"]).may_match(jl(alice[1]))
+    assert not RecordFilter.build(user=["alice"]).matches(alice[1])
+
+
 def test_filters_from_a_tail_are_checked() -> None:
     assert RecordFilter.from_json({"user": ["a"], "status": ["NO"]}) == RecordFilter.build(
         user=["a"], status=["NO"]

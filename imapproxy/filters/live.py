@@ -55,8 +55,9 @@ class RecordFilter:
     """Which records a tail wants.  Each field is a set of accepted values (empty: any);
     a record must match every non-empty field.
 
-    * ``user``: the record's ``user`` (records before the login completed have none and
-      do not match);
+    * ``user``: the record's ``user``.  Records from before the login completed have
+      none: with ``before_login`` they pass this test (the proxy sends them: the session
+      may yet log in as that user; the client holds them until it knows);
     * ``session``: the session id;
     * ``client``: ``host:port`` exactly, or the host alone (any port; ``[::1]`` or
       ``::1`` for IPv6);
@@ -78,8 +79,9 @@ class RecordFilter:
 
     def __post_init__(self) -> None:
         groups = []
-        for values, prefix in ((self.user, False), (self.session, False),
-                               (self.client, True), (self.status, False)):  # fmt: skip
+        if self.user:  # (and records from before the login: see ``matches``)
+            groups.append((*_needles(self.user, prefix=False), '"user":null', '"user": null'))
+        for values, prefix in ((self.session, False), (self.client, True), (self.status, False)):
             if values:
                 groups.append(_needles(values, prefix=prefix))
         if self.command:
@@ -141,11 +143,12 @@ class RecordFilter:
             values[key] = value
         return cls.build(**values)
 
-    def matches(self, record: Mapping[str, Any]) -> bool:
+    def matches(self, record: Mapping[str, Any], *, before_login: bool = False) -> bool:
         kind = record.get("type")
         if kind == "notice":
             return True
-        if self.user and record.get("user") not in self.user:
+        user = record.get("user")
+        if self.user and user not in self.user and not (before_login and user is None):
             return False
         if self.session and record.get("session") not in self.session:
             return False
@@ -267,7 +270,7 @@ class LiveHub:
                     continue
                 if parsed is None:
                     parsed = json.loads(line)
-                if not rf.matches(parsed):
+                if not rf.matches(parsed, before_login=True):
                     continue
             sub.offer(line)  # type: ignore[arg-type]
 

@@ -134,7 +134,11 @@ def test_plain_output_shows_the_conversation_in_order(
     assert "\x1b[" not in out  # piped: no colour
     lines = out.splitlines()
     stamp = r"\d\d:\d\d:\d\d\.\d{3} [0-9a-f]+-\d+ " + re.escape(user)
+    before = r"\d\d:\d\d:\d\d\.\d{3} [0-9a-f]+-\d+ - "  # no user yet
     patterns = [
+        before + rf"-- session start from {HOST}:\d+ on imap@{HOST}:{port}, plaintext$",
+        before + r"S< \* OK .*ready",
+        before + rf"C> [A-Z0-9]+ LOGIN {user} \*\*\*$",
         stamp + r" S< [A-Z0-9]+ OK .*\(\d+\.\d ms\)$",  # LOGIN's completion
         stamp + r" C> [A-Z0-9]+ SELECT INBOX$",
         stamp + r" S< \* .*EXISTS$",
@@ -298,22 +302,26 @@ def test_a_stuck_tail_does_not_slow_sessions_and_is_told_what_it_lost(
     records = _records(tail.out())
     lost = sum(int(r.get("lost", 0)) for r in records)  # type: ignore[call-overload]
     got = [r for r in records if r["type"] != "notice"]
-    # the proxy's own transcript file (a queue large enough) has every record of this user
-    every = _user_records(transcript, user, sessions=2)
+    # the proxy's own transcript file (a queue large enough) has every record of the
+    # user's two sessions (those from before the login included: a tail filtered by user
+    # is sent them too)
+    every = _session_records(transcript, user, sessions=2)
     assert lost > 0
     assert len(got) + lost == len(every), (len(got), lost, len(every))
     assert any(r["type"] == "notice" and "lost" in r for r in records)  # told in-band
 
 
-def _user_records(transcript: Path, user: str, sessions: int) -> list[dict[str, object]]:
-    """The user's records in the proxy's transcript (and its rotated predecessor), once
-    ``sessions`` of theirs have ended there (the writer thread may lag a little)."""
+def _session_records(transcript: Path, user: str, sessions: int) -> list[dict[str, object]]:
+    """The records of the user's sessions in the proxy's transcript (and its rotated
+    predecessor), once ``sessions`` of them have ended there (its writer may lag)."""
     deadline = time.monotonic() + WAIT
     while True:
         text = "".join(p.read_text() for p in transcript.parent.glob("transcript.jsonl*"))
-        records = [r for r in _records(text) if r.get("user") == user]
-        if sum(r["type"] == "session_end" for r in records) >= sessions:
-            return records
+        records = _records(text)
+        ids = {r["session"] for r in records if r.get("user") == user}
+        mine = [r for r in records if r["session"] in ids]
+        if sum(r["type"] == "session_end" for r in mine) >= sessions:
+            return mine
         assert time.monotonic() < deadline, "the transcript file lacks the sessions"
         time.sleep(0.1)
 
