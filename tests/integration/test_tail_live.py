@@ -326,19 +326,46 @@ def _session_records(transcript: Path, user: str, sessions: int) -> list[dict[st
         time.sleep(0.1)
 
 
-def test_control_socket_protocol_errors(
-    live_proxy: tuple[ProxyProcess, int, Path, Path],
-) -> None:
-    _, _, control, _ = live_proxy
+def _exchange(control: Path, send: bytes) -> list[dict[str, object]]:
+    """What the proxy says to a client that sends ``send``, up to its closing."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(WAIT)
         sock.connect(str(control))
-        sock.sendall(b'{"filter": {"colour": ["red"]}}\n')
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(send)
         data = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(4096):
                 data += chunk
-    lines = [json.loads(line) for line in data.splitlines()]
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_control_socket_protocol_errors(
+    live_proxy: tuple[ProxyProcess, int, Path, Path],
+) -> None:
+    _, _, control, _ = live_proxy
+    lines = _exchange(control, b'{"filter": {"colour": ["red"]}}\n')
     assert lines[0]["type"] == "hello" and lines[0]["protocol"] == 1
     assert lines[-1]["type"] == "notice"
-    assert "bad request: unknown filter field 'colour'" in lines[-1]["text"]
+    assert "bad request: unknown filter field 'colour'" in str(lines[-1]["text"])
+    lines = _exchange(control, b"x" * 100_000)  # a line without end
+    assert lines[-1]["type"] == "notice"
+    assert "bad request: a line longer than 65536 bytes" in str(lines[-1]["text"])
+
+
+def test_at_most_eight_tails(live_proxy: tuple[ProxyProcess, int, Path, Path]) -> None:
+    _, _, control, _ = live_proxy
+    with contextlib.ExitStack() as stack:
+        for _ in range(8):
+            sock = stack.enter_context(socket.socket(socket.AF_UNIX))
+            sock.settimeout(WAIT)
+            sock.connect(str(control))
+            assert b'"type": "hello"' in sock.recv(4096)  # attached
+        err = subprocess.run(
+            [sys.executable, "-m", "imapproxy", "tail", "--socket", str(control)],
+            capture_output=True, text=True, timeout=WAIT, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+    assert err.returncode == 2, err
+    assert err.stderr == (f"imapproxy tail: error: {control}: the proxy says: too many tails "
+                          "attached (at most 8)\n")  # fmt: skip
