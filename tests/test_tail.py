@@ -9,6 +9,7 @@ import argparse
 import io
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -17,13 +18,20 @@ from typing import Any
 
 import pytest
 
-from imapproxy import cli
-from imapproxy.filters import SessionEndInfo, SessionInfo, SessionView
+from imapproxy import cli, tail
+from imapproxy.filters import (
+    ChainEntry,
+    FilterChain,
+    OnError,
+    SessionEndInfo,
+    SessionInfo,
+    SessionView,
+)
 from imapproxy.filters.live import LiveFilter, LiveHub, RecordFilter
 from imapproxy.filters.transcript import TranscriptFilter, format_jsonl
 from imapproxy.relay.control import bind_control_socket
 from imapproxy.relay.gate import CommandGate
-from imapproxy.tail import Renderer, follow_file
+from imapproxy.tail import Renderer, Selector, follow_file
 from imapproxy.wire import Decoder, Frame, Limits, Side
 
 T = "2026-12-04T12:00:01.234Z"
@@ -86,8 +94,6 @@ def test_commands_and_responses_read_as_a_conversation() -> None:
     assert lines[0].endswith(" 3f2a-3 alice C> a1 SELECT INBOX")
     assert lines[1].endswith(" 3f2a-3 alice S< * 3 EXISTS")
     assert lines[2].endswith(" 3f2a-3 alice S< a1 OK [READ-WRITE] done (1.2 ms)")
-    import re
-
     assert all(re.match(CLOCK + " ", line) for line in lines), lines
     assert not any("\x1b" in line for line in lines)
 
@@ -231,8 +237,6 @@ def test_the_quick_test_never_refuses_a_record_that_matches() -> None:
 
 
 def test_with_user_a_sessions_login_is_shown_once_the_user_is_known() -> None:
-    from imapproxy.tail import Selector
-
     def session(sid: str, user: str | None) -> list[dict[str, Any]]:
         pre = {"session": sid, "user": None}
         return [
@@ -346,8 +350,6 @@ class ListSink:
 
 def _drive(f: Any) -> None:
     """A login, a SELECT and the end of a session through ``f`` as the relay drives it."""
-    from imapproxy.filters import ChainEntry, FilterChain, OnError
-
     filters = FilterChain([ChainEntry(f.name, lambda info: f, OnError.OPEN)]).open(
         INFO, lambda *a: None
     )
@@ -456,8 +458,6 @@ def _tail_args(*argv: str) -> argparse.Namespace:
 
 
 def test_tail_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from imapproxy import tail
-
     missing = tmp_path / "nope.sock"
     assert cli.main(["tail", "--socket", str(missing)]) == 2
     err = capsys.readouterr().err
@@ -486,8 +486,6 @@ def test_tail_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_json_output_passes_records_through_and_reports_filtered_losses() -> None:
-    from imapproxy import tail
-
     lines = [
         jl(command("a1 NOOP", "NOOP")),
         '{"lost":4,' + jl(command("a2 NOOP", "NOOP", user="bob"))[1:],
