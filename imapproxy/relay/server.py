@@ -44,12 +44,6 @@ class Proxy:
             lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
         )
         self.filters = FilterChain((stage, *self.configured.entries))
-        self.control: ControlServer | None = None
-        if config.control_socket:  # imapproxy tail: the live feed, last in the chain
-            hub = LiveHub(capacity=config.control_limits.queue_records)
-            live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
-            self.filters = FilterChain((*self.filters.entries, live))
-            self.control = ControlServer(config.control_socket, hub, config.control_limits)
         # filter name -> hooks that raised, process-wide (logged at shutdown; metrics later)
         self.filter_errors: collections.Counter[str] = collections.Counter()
         self.server_ssl = (
@@ -70,6 +64,13 @@ class Proxy:
         self._shutdown = trio.Event()
         self._session_ended = trio.Event()
         self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
+        self.control: ControlServer | None = None
+        if config.control_socket:  # imapproxy tail: the live feed, last in the chain
+            # (the socket is made last: a mistake above leaves no socket file behind)
+            hub = LiveHub(capacity=config.control_limits.queue_records)
+            live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
+            self.filters = FilterChain((*self.filters.entries, live))
+            self.control = ControlServer(config.control_socket, hub, config.control_limits)
 
     def shutdown(self) -> None:
         self._shutdown.set()
