@@ -133,5 +133,6 @@ def main() -> None:
     for label, values in runs.items():
         print(f"{label:34} {statistics.median(values):10.2f}")
 
+
 if __name__ == "__main__":
     main()
