@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from . import cli_certs, configfile
+from . import cli_certs, configfile, tail
 from .cli_parsing import HelpFormatter, package_version, parse_args, subparser
 from .config import (
     Endpoint,
@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "configure the rest",
     )
     run.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="Unix socket (mode 0600) where `imapproxy tail` attaches to watch live "
+        "traffic (default: none)",
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -228,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     cli_certs.add_parser(
         lambda name, help: subparser(sub, name, help=help, common=common), common
     )
+
+    tail_parser = subparser(
+        sub,
+        "tail",
+        help="watch a running proxy's traffic, or follow a transcript file",
+        common=common,
+    )
+    tail.add_arguments(tail_parser)
+    tail_parser.set_defaults(handler=tail.run)
     parser.set_defaults(run_parser=run)
     return parser
 
@@ -281,6 +296,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             answer_timeout=args.answer_timeout,
             shutdown_drain=args.shutdown_drain,
         ),
+        control_socket=args.control_socket,
         session_limits=SessionLimits(
             max_sessions=args.max_sessions,
             max_sessions_per_address=args.max_sessions_per_address,

@@ -20,13 +20,16 @@ import socket
 import trio
 
 from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..filters.api import OnError
 from ..filters.capabilities import CapabilityFilter
 from ..filters.chain import ChainEntry, FilterChain
+from ..filters.live import LiveFactory, LiveHub
 from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
 from ..net.malloc import HeapTrimmer
 from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
+from .control import ControlServer
 from .session import Session
 
 log = logging.getLogger("imapproxy.server")
@@ -99,6 +102,13 @@ class Proxy:
         self._session_ended = trio.Event()
         self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
         self._listeners: list[tuple[ListenerConfig, trio.SocketListener]] | None = None
+        self.control: ControlServer | None = None
+        if config.control_socket:  # imapproxy tail: the live feed, last in the chain
+            # (the socket is made last: a mistake above leaves no socket file behind)
+            hub = LiveHub(capacity=config.control_limits.queue_records)
+            live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
+            self.filters = FilterChain((*self.filters.entries, live))
+            self.control = ControlServer(config.control_socket, hub, config.control_limits)
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -148,10 +158,14 @@ class Proxy:
                 if self.busy_poll is not None:
                     poller.start_soon(self.busy_poll.run)
                 poller.start_soon(self.trimmer.run)
+                if self.control is not None:
+                    poller.start_soon(self.control.serve)
                 await self._serve(listeners, task_status)
                 poller.cancel_scope.cancel()
         finally:
             self._lifecycle("close")
+            if self.control is not None:
+                self.control.close()
         if self.filter_errors:
             log.warning(
                 "filter errors since start: %s",
