@@ -5,6 +5,7 @@ tests/integration/test_metrics.py.)"""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
@@ -399,8 +400,9 @@ def test_config_file_metrics_key(tmp_path: Path) -> None:
     assert configfile.load(path).metrics == Endpoint("127.0.0.1", 9187)
     path.write_text("[[filters]]\nuse = \"transcript\"\npath = \"-\"\n")
     assert configfile.load_metrics(path) is None
-    for bad, message in (("metrics = 9187", 'expected a string "HOST:PORT"'),
-                         ('metrics = "nohost"', "expected HOST:PORT")):  # fmt: skip
+    for bad, message in (("metrics = 9187", 'metrics: expected a string "HOST:PORT"'),
+                         ('metrics = "nohost"', "metrics: bad address 'nohost': expected "
+                          "HOST:PORT")):  # fmt: skip
         path.write_text(bad + "\n")
-        with pytest.raises(ConfigError, match="metrics: " + message):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             configfile.load_metrics(path)
