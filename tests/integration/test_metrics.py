@@ -223,9 +223,9 @@ def test_fresh_proxy_every_series_at_zero_promtool_and_cert_expiry(
         assert s.get("imapproxy_build_info", version="0.1.0", python=_python()) == 1
         assert "process_resident_memory_bytes" in s.text
         cert = x509.load_pem_x509_certificate(tls_certs.cert_path.read_bytes())
-        assert s.get("imapproxy_tls_certificate_expiry_timestamp_seconds") == (
-            cert.not_valid_after_utc.timestamp()
-        )
+        for listener in listeners:
+            assert s.get("imapproxy_tls_certificate_expiry_timestamp_seconds",
+                         listener=listener) == cert.not_valid_after_utc.timestamp()  # fmt: skip
 
         client = RawClient.connect(p.plain_port)
         assert client.greeting.startswith(b"* BYE [UNAVAILABLE]"), client.greeting
