@@ -25,6 +25,14 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         """``HOST:PORT``, ``[IPv6]:PORT``."""
+        scheme, sep, rest = text.partition("://")
+        if sep:  # imaps://host:993, a URL: say what to write instead
+            host_port = rest.split("/", 1)[0] or "HOST:PORT"
+            raise ValueError(
+                f"bad address {text!r}: write HOST:PORT without {scheme}:// (e.g. "
+                f"{host_port}); TLS is chosen by --upstream-tls implicit|starttls (or "
+                "--listen-tls for a listener)"
+            )
         if text.startswith("["):
             host, sep, port = text[1:].partition("]:")
             if not sep:
@@ -71,6 +79,7 @@ class UpstreamConfig:
     ca_file: str | None = None  # None: the system's CAs
     insecure: bool = False  # skip certificate and hostname verification (logged loudly)
     server_hostname: str | None = None  # SNI / verification name; default: the host
+    keylog_file: str | None = None  # TLS secrets of upstream connections (SSLKEYLOGFILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,10 @@ class Timeouts:
     tls_handshake: float = 10.0
     # Connecting to the upstream and reading its greeting (and upstream STARTTLS).
     upstream_connect: float = 10.0
-    upstream_greeting: float = 10.0
+    # IMAP servers greet as soon as they accept (well under a second, even far away); a
+    # silent one is almost always not IMAP, or a TLS port (993) spoken to in plain, which
+    # should be reported soon.  5 s still covers a loaded server.
+    upstream_greeting: float = 5.0
     # Before login a silent client is probably a scanner.
     idle_unauthenticated: float = 120.0
     # From connect to authenticated (the server accepted LOGIN/AUTHENTICATE, or greeted
@@ -134,6 +146,7 @@ class ProxyConfig:
     key_file: str | None = None
     # Refuse LOGIN/AUTHENTICATE on a plaintext client connection (advertise LOGINDISABLED).
     require_tls_for_login: bool = False
+    keylog_client: str | None = None  # TLS secrets of client connections (SSLKEYLOGFILE)
     limits: Limits = DEFAULT_LIMITS
     timeouts: Timeouts = field(default_factory=Timeouts)
     session_limits: SessionLimits = field(default_factory=SessionLimits)
@@ -147,3 +160,10 @@ class ProxyConfig:
             raise ValueError("--cert and --key go together")
         if self.require_tls_for_login and not self.cert_file:
             raise ValueError("requiring TLS for login needs --cert and --key (for STARTTLS)")
+        if self.keylog_client and not self.cert_file:
+            raise ValueError(
+                "--tls-keylog-client needs --cert and --key (without them no client "
+                "connection uses TLS)"
+            )
+        if self.upstream.keylog_file and self.upstream.tls is UpstreamTls.NONE:
+            raise ValueError("--tls-keylog-upstream needs --upstream-tls implicit or starttls")

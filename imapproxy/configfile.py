@@ -27,10 +27,12 @@ from .config import Endpoint
 from .filters.api import ConfigError, FilterMaker
 from .filters.chain import FilterChain
 from .filters.registry import build_chain
+from .filters.rewrite import make_rewrite
 from .filters.transcript import make_transcript
 
 BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
     "transcript": make_transcript,
+    "rewrite": make_rewrite,
 }
 
 _TOP_LEVEL = frozenset({"filters", "metrics"})

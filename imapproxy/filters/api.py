@@ -262,7 +262,10 @@ PASS = Pass()
 @dataclass(frozen=True, slots=True)
 class Replace:
     """Send ``raw`` (one complete message, CRLF-terminated) instead.  The next filter sees
-    the replacement.  Not for a message with a streamed literal."""
+    the replacement.  A command keeps its tag.  A command whose last literal streams (its
+    view is not ``complete``: a large APPEND) is replaced up to that literal: ``raw`` ends
+    with the same announcement (``{N}``, same size and kind), and the literal follows
+    as the client sends it.  Not for a response too long to parse."""
 
     raw: bytes
 

@@ -19,7 +19,8 @@ shown as ``***``; literal bodies are replaced by ``<N bytes>`` unless ``bodies =
 
 Record schema, version 1 (every record): ``v`` (1), ``t`` (UTC time, ISO 8601 with
 milliseconds), ``type``, ``session``, ``client`` (``host:port``), ``user`` (null until
-logged in).  By type:
+logged in), ``upstream_user`` (only when a filter mapped the login name: the name the
+server saw).  By type:
 
 * ``session_start``: ``listener``, ``tls`` (null or ``{version, cipher, sni}``);
 * ``command``: ``tag``, ``name`` (``"UID FETCH"``), ``text`` (redacted), ``bytes``,
@@ -197,7 +198,7 @@ class TranscriptFilter(Filter):
     path would make (a test compares the two).
     """
 
-    __slots__ = ("_client_json", "_session_json", "_user", "_user_json", "bodies",
+    __slots__ = ("_client_json", "_session_json", "_upstream", "_user", "_user_json", "bodies",
                  "client", "jsonl", "listener", "session", "sink")  # fmt: skip
 
     name = "transcript"
@@ -215,12 +216,17 @@ class TranscriptFilter(Filter):
         self._session_json = _json_str(self.session)
         self._client_json = _json_str(self.client)
         self._user: str | None = None
+        self._upstream: str | None = None
         self._user_json = "null"
 
-    def _user_field(self, user: str | None) -> str:
-        if user is not self._user:
-            self._user = user
-            self._user_json = "null" if user is None else _json_str(user)
+    def _user_field(self, session: SessionView) -> str:
+        """``user`` (and ``upstream_user`` when a filter mapped the name) as JSON."""
+        user = session.user
+        upstream = session.upstream_user
+        if user is not self._user or upstream is not self._upstream:
+            self._user, self._upstream = user, upstream
+            self._user_json = ("null" if user is None else _json_str(user)) + (
+                "" if upstream is None else f',"upstream_user":{_json_str(upstream)}')
         return self._user_json
 
     def _record(self, record_type: str, session: SessionView, **fields: Any) -> None:
@@ -232,6 +238,8 @@ class TranscriptFilter(Filter):
             "client": self.client,
             "user": session.user,
         }
+        if session.upstream_user is not None:
+            record["upstream_user"] = session.upstream_user
         record.update(fields)
         self.sink.put(record)
 
@@ -257,7 +265,7 @@ class TranscriptFilter(Filter):
             self.sink.put(
                 f'{{"v":{SCHEMA_VERSION},"t":"{_iso(time.time())}","type":"command",'
                 f'"session":{self._session_json},"client":{self._client_json},'
-                f'"user":{self._user_field(session.user)},'
+                f'"user":{self._user_field(session)},'
                 f'"tag":{"null" if tag is None else _json_str(tag)},'
                 f'"name":{_json_str(cmd.full_name)},"text":{_json_str(text)},'
                 f'"bytes":{size},"literals":[{",".join([str(x.size) for x in literals])}]'
@@ -278,6 +286,8 @@ class TranscriptFilter(Filter):
             "bytes": size,
             "literals": [lit.size for lit in literals],
         }
+        if session.upstream_user is not None:
+            record["upstream_user"] = session.upstream_user
         if cmd.verdict is not None:
             record["verdict"] = cmd.verdict
             record["filter"] = cmd.by
@@ -319,7 +329,7 @@ class TranscriptFilter(Filter):
             self.sink.put(
                 f'{{"v":{SCHEMA_VERSION},"t":"{_iso(time.time())}","type":"response",'
                 f'"session":{self._session_json},"client":{self._client_json},'
-                f'"user":{self._user_field(session.user)},'
+                f'"user":{self._user_field(session)},'
                 f'"tag":{"null" if tag is None else _json_str(printable(tag, 64))},'
                 f'"name":{_json_str(resp.name)},"text":{_json_str(text)},"bytes":{size},'
                 f'"literals":[{",".join([str(x.size) for x in literals])}]{tail}}}'
@@ -338,6 +348,8 @@ class TranscriptFilter(Filter):
             "bytes": size,
             "literals": [lit.size for lit in literals],
         }
+        if session.upstream_user is not None:
+            record["upstream_user"] = session.upstream_user
         if resp.oversize:
             record["oversize"] = True
         if status:

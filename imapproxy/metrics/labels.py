@@ -150,7 +150,7 @@ def upstream_error_label(reason: str, error: BaseException | None) -> str:
         return "protocol"
     if reason != "upstream_unavailable":
         return OTHER
-    if error is None:
+    if error is None or isinstance(error, trio.BrokenResourceError | EOFError):
         return "closed"  # it closed (or broke) the connection before greeting
     if isinstance(error, trio.TooSlowError):
         return "timeout"

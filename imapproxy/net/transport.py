@@ -268,6 +268,10 @@ class TlsStream(trio.abc.Stream):
         context is not one of :func:`imapproxy.net.tls.server_context`)."""
         return client_sni(self._ssl)
 
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's certificate as DER, verified or not (``imapproxy check``)."""
+        return self._ssl.getpeercert(binary_form=True)
+
     # ------------------------------------------------------------ handshake
 
     async def do_handshake(self) -> None:

@@ -242,12 +242,13 @@ class CommandGate:
             return Wait(verdict, view, parts, streams)
         if type(verdict) is Replace:
             try:
-                segments = segment_command(verdict.raw, view.tag, self.limits)
+                segments = segment_command(verdict.raw, view.tag, self.limits,
+                                           streamed=view.literals[-1] if streams else None)
             except ValueError as exc:
                 # a filter's bug, not the client's: fail closed
                 self.filters.report(by or "?", "command", exc)
                 return self._refused(view, Reject("filter failed", code="UNAVAILABLE"), by)
-            return self._forward(view.with_raw(verdict.raw), segments, False, replaced=True)
+            return self._forward(view.with_raw(verdict.raw), segments, streams, replaced=True)
         if type(verdict) is Reject or type(verdict) is Answer:
             return self._refused(view, verdict, by)
         if type(verdict) is Disconnect:
@@ -358,10 +359,16 @@ def as_sync(frame: Frame) -> bytes:
     return raw[:plus] + raw[plus + 1 :]
 
 
-def segment_command(raw: bytes, tag: bytes, limits: Limits) -> tuple[bytes, ...]:
+def segment_command(
+    raw: bytes, tag: bytes, limits: Limits, *, streamed: LiteralInfo | None = None
+) -> tuple[bytes, ...]:
     """Split a complete command (a filter's replacement) into the segments it is sent in:
     each but the last ends in a ``{n}`` announcement.  It must be exactly one command with
-    the original tag, and hold no literal too large to keep; else ValueError."""
+    the original tag, and hold no literal too large to keep; else ValueError.
+
+    ``streamed``: the command replaced was decided on its head, its last literal (this
+    one) streams after it: the replacement is a head too, ending in an announcement of
+    the same size and kind (the client sends that literal as it announced it)."""
     dec = Decoder(Side.CLIENT, limits)
     dec.authenticated = True
     dec.nonsync_as_sync = True
@@ -373,11 +380,23 @@ def segment_command(raw: bytes, tag: bytes, limits: Limits) -> tuple[bytes, ...]
             dec.continuation()
             continue
         if ev is NEED_DATA or not isinstance(ev, Frame):
+            if streamed is not None:
+                raise ValueError("a replacement head must end in the literal it replaces")
             raise ValueError("a replacement command must be one complete command")
         if ev.first and (ev.tag != tag or not ev.name):
             raise ValueError("a replacement command must keep the command's tag")
         if ev.streamed:
-            raise ValueError("a replacement command cannot hold a literal that large")
+            literal = ev.literal
+            if streamed is None or literal is None:
+                raise ValueError("a replacement command cannot hold a literal that large")
+            if literal.size != streamed.size or literal.binary != streamed.binary:
+                raise ValueError("a replacement head must announce the same literal")
+            segments.append(as_sync(ev))
+            if dec.next_event() not in (NEED_DATA, PAUSED) or dec.buffered:
+                raise ValueError("a replacement head must end with its literal announcement")
+            return tuple(segments)
+        if streamed is not None and ev.final:
+            raise ValueError("a replacement head must end in the literal it replaces")
         segments.append(as_sync(ev))
         if ev.final:
             break

@@ -159,7 +159,6 @@ def test_raising_filter_open_passes_closed_refuses(hook: str) -> None:
         (DROP, tagged()),  # a tagged completion cannot be dropped
         (Reject(status="OK"), cmd()),  # a rejection that says OK
         (Answer(status="BYE"), cmd()),
-        (Replace(b"a1 X\r\n"), cmd(complete=False)),  # the literal is streaming already
         ("not a verdict", cmd()),
     ],
 )

@@ -250,15 +250,20 @@ def _messages(s: SessionView):  # type: ignore[no-untyped-def]
     yield "response", ResponseView(FrameKind.CONTINUATION, None, "+", b"+ Ready\r\n")
 
 
-@pytest.mark.parametrize("user", [None, "alice", "j\u00f6rg \"q\"\\"])
-def test_jsonl_lines_made_on_the_hot_path_equal_the_records(user: str | None) -> None:
+@pytest.mark.parametrize(
+    ("user", "upstream"),
+    [(None, None), ("alice", None), ("j\u00f6rg \"q\"\\", None), ("bob", "bob@example.com")],
+)
+def test_jsonl_lines_made_on_the_hot_path_equal_the_records(
+    user: str | None, upstream: str | None
+) -> None:
     """Command and response lines are written directly for a JSONL sink: they must parse
     to exactly the record the dict path (what the text format uses) makes."""
     from imapproxy.filters.transcript import TranscriptFilter, format_text
 
     direct = Lines(format_jsonl)
     dicts = Lines(format_text)
-    s = SessionView(INFO, user=user)
+    s = SessionView(INFO, user=user, upstream_user=upstream)
     for sink in (direct, dicts):
         f = TranscriptFilter(sink, INFO, bodies=False)  # type: ignore[arg-type]
         for hook, message in _messages(s):
@@ -272,6 +277,7 @@ def test_jsonl_lines_made_on_the_hot_path_equal_the_records(user: str | None) ->
         assert parsed.pop("t")[:19] == expected.pop("t")[:19]  # (to the second)
         assert parsed == expected
         assert line.isascii()  # type: ignore[union-attr]
+    assert all(json.loads(x).get("upstream_user") == upstream for x in direct.items)  # type: ignore[arg-type]
     rejected = json.loads(direct.items[1])  # type: ignore[arg-type]
     assert rejected["verdict"] == "reject" and rejected["filter"] == "pol\u00efcy"
     assert json.loads(direct.items[3])["name"] == "UID FETCH"  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import logging
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ from imapproxy.filters.sink import RecordSink
 from imapproxy.filters.transcript import TranscriptFactory, format_jsonl
 from tests.support.certs import TlsCerts, make_tls_certs
 from tests.support.dovecot import DovecotServer
-from tests.support.proxy import running_proxy
+from tests.support.proxy import ProxyProcess, free_port, running_proxy
 
 HOST = "127.0.0.1"
 NAME = "imap.test"
@@ -258,3 +259,32 @@ async def test_a_non_ascii_sni_fails_that_handshake_only(
         await _wait_ended(seen, 1)
     assert [hook for _, hook, _ in seen] == ["start", "end"]
     assert seen[0][2] is not None and seen[0][2].sni == NAME
+
+
+def test_the_cli_logs_that_failure_in_one_line(
+    dovecot: DovecotServer, sni_certs: TlsCerts, tmp_path: Path
+) -> None:
+    """The failure above is reported by Python as an "unraisable" exception, printed as a
+    multi-line traceback on stderr: a client could fill the log with them.  The CLI turns
+    it into one escaped WARNING line."""
+    openssl = shutil.which("openssl")
+    assert openssl, "this test needs the openssl command (apt-get install openssl)"
+    port = free_port()
+    args = ["--listen-tls", f"{HOST}:{port}", "--upstream", f"{dovecot.host}:{dovecot.port}",
+            "--cert", str(sni_certs.cert_path), "--key", str(sni_certs.key_path)]  # fmt: skip
+    with ProxyProcess(args, workdir=tmp_path, wait_ports=[(HOST, port)]) as proxy:
+        for _ in range(2):
+            done = subprocess.run(
+                [openssl.encode(), b"s_client", b"-connect", f"{HOST}:{port}".encode(),
+                 b"-servername", "é.test".encode()],
+                input=b"", capture_output=True, timeout=15, check=False,
+            )  # fmt: skip
+            assert done.returncode != 0
+        deadline = time.monotonic() + 15
+        while proxy.log().count("reason=tls_failed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = proxy.log()
+    assert log.count("reason=tls_failed") == 2, log
+    assert "Traceback" not in log and "Exception ignored" not in log, log
+    ignored = [line for line in log.splitlines() if "ignored error" in line]
+    assert len(ignored) == 2 and all("WARNING" in line for line in ignored), log
