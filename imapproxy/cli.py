@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from . import cli_certs, configfile, tail
 from .cli_parsing import HelpFormatter, package_version, parse_args, subparser
@@ -30,6 +31,7 @@ from .config import (
 )
 from .filters.chain import FilterChain
 from .logsafe import MAX_DETAIL, safe
+from .metrics import MetricsServer, ProxyMetrics
 from .net.malloc import tune_malloc
 from .relay.server import Proxy
 from .upstream_check import check_upstream
@@ -213,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         "traffic (default: none)",
     )
     run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (also: metrics = "
+        '"HOST:PORT" in the config file)',
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -324,14 +332,28 @@ async def _run(proxy: Proxy, default_listener: bool = False) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    proxy = Proxy(config, filters=filters_from_args(args))
+    chain = filters_from_args(args)
+    metrics = server = None
+    at = args.metrics or (configfile.load_metrics(args.config) if args.config else None)
+    if at is not None:
+        registry = CollectorRegistry()  # the proxy's own, never the global one
+        metrics = ProxyMetrics(registry)
+        chain = metrics.observe(chain)
+        server = MetricsServer(Endpoint.parse(str(at)), registry)
+    proxy = Proxy(config, filters=chain, events=metrics)
     if args.check_upstream:
         report = trio.run(check_upstream, config)
         print(report.text(), file=sys.stderr, flush=True)
         if not report.ok:
             return 1
+    if server is not None:
+        server.start()  # a port in use: OSError, one line, exit 2
     tune_malloc()
-    trio.run(_run, proxy, not (args.listen or args.listen_tls))
+    try:
+        trio.run(_run, proxy, not (args.listen or args.listen_tls))
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 
