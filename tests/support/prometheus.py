@@ -203,9 +203,12 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout
         done = 0
         while done < count:
-            res = self.query(f'timestamp(up{{job="{self.job}"}} == 1)')
+            # timestamp() of the selector itself: of anything computed it is the query time
+            res = self.query(f'timestamp(up{{job="{self.job}"}})')
             stamps = [float(s["value"][1]) for s in res.result] if res.error is None else []
-            if len(stamps) == len(self.targets) and min(stamps) > mark:
+            up = self.query(f'up{{job="{self.job}"}} == 1')
+            healthy = up.error is None and up.series == len(self.targets)
+            if healthy and len(stamps) == len(self.targets) and min(stamps) > mark:
                 mark = min(stamps)
                 done += 1
                 continue
