@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from . import configfile
 from .config import (
@@ -22,6 +23,7 @@ from .config import (
     UpstreamTls,
 )
 from .filters.chain import FilterChain
+from .metrics import MetricsServer, ProxyMetrics
 from .net.malloc import tune_malloc
 from .relay.server import Proxy
 
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML configuration file: the filter chain ([[filters]]); flags still "
         "configure the rest",
     )
+    run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (also: metrics = "
+        '"HOST:PORT" in the config file)',
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(run_parser=run)
     return parser
@@ -206,15 +214,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    server = None
     try:
         config = config_from_args(args)
-        proxy = Proxy(config, filters=filters_from_args(args))
+        chain = filters_from_args(args)
+        metrics = None
+        at = args.metrics or (configfile.load_metrics(args.config) if args.config else None)
+        if at is not None:
+            registry = CollectorRegistry()  # the proxy's own, never the global one
+            metrics = ProxyMetrics(registry)
+            chain = metrics.observe(chain)
+            server = MetricsServer(Endpoint.parse(str(at)), registry)
+        proxy = Proxy(config, filters=chain, events=metrics)
+        if server is not None:
+            server.start()
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         # an operator's mistake: one line that names it, no usage block, no traceback
         print(f"imapproxy run: error: {exc}", file=sys.stderr)
         return 2
     tune_malloc()
-    trio.run(_run, proxy)
+    try:
+        trio.run(_run, proxy)
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

@@ -25,15 +25,24 @@ from ..net.busypoll import BusyPoll
 from ..net.malloc import HeapTrimmer
 from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
+from .events import NO_EVENTS, ProxyEvents
 from .session import Session
 
 log = logging.getLogger("imapproxy.server")
 
 
 class Proxy:
-    def __init__(self, config: ProxyConfig, *, filters: FilterChain | None = None) -> None:
-        """``filters``: the configured chain; the capability stage always runs first."""
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        filters: FilterChain | None = None,
+        events: ProxyEvents | None = None,
+    ) -> None:
+        """``filters``: the configured chain; the capability stage always runs first.
+        ``events``: told what the relay does that filters cannot see (metrics)."""
         self.config = config
+        self.events = events or NO_EVENTS
         self.configured = filters or FilterChain()
         require_tls = config.require_tls_for_login
         stage = ChainEntry(
@@ -41,8 +50,11 @@ class Proxy:
             lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
         )
         self.filters = FilterChain((stage, *self.configured.entries))
-        # filter name -> hooks that raised, process-wide (logged at shutdown; metrics later)
+        # filter name -> hooks that raised, process-wide (logged at shutdown; the metrics
+        # read it when scraped)
         self.filter_errors: collections.Counter[str] = collections.Counter()
+        names = tuple(entry.name for entry in self.filters.entries)
+        self.events.configured(config, names, self.filter_errors)
         self.server_ssl = (
             server_context(config.cert_file, config.key_file)
             if config.cert_file and config.key_file
@@ -163,15 +175,17 @@ class Proxy:
         except OSError:
             await trio.aclose_forcefully(stream)
             return
+        self.events.connection_accepted(lc.name)
         limits = self.config.session_limits
         refusal = None
         if len(self.sessions) >= limits.max_sessions:
-            refusal = "too many sessions"
+            refusal, reason = "too many sessions", "max_sessions"
         elif self._per_address[address] >= limits.max_sessions_per_address:
-            refusal = "too many sessions from your address"
+            refusal, reason = "too many sessions from your address", "max_sessions_per_address"
         sid = f"{self._prefix}-{next(self._ids)}"
         if refusal is not None:
             log.warning("session %s refused peer=%s: %s", sid, safe(peer, spaces=False), refusal)
+            self.events.connection_rejected(lc.name, reason)
             await self._refuse(lc, stream, refusal)
             return
         session = Session(
@@ -185,6 +199,7 @@ class Proxy:
             filters=self.filters,
             filter_errors=self.filter_errors,
             busy_poll=self.busy_poll,
+            events=self.events,
         )
         self.sessions.add(session)
         self._per_address[address] += 1

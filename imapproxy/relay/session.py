@@ -100,6 +100,7 @@ from ..wire import (
 )
 from ..wire.conversation import AUTHENTICATING_COMMANDS
 from .ends import END_REASONS, SessionEnd, unavailable
+from .events import NO_EVENTS, ProxyEvents
 from .filtering import Filtering
 from .gate import Forward, as_sync
 from .login import LoginTracker
@@ -121,6 +122,8 @@ class SessionStats:
     bytes_from_client: int = 0
     bytes_from_upstream: int = 0
     starttls_injected: int = 0
+    bytes_to_client: int = 0
+    bytes_to_upstream: int = 0
 
 
 class Session:
@@ -137,8 +140,10 @@ class Session:
         filters: FilterChain,
         filter_errors: collections.Counter[str] | None = None,
         busy_poll: BusyPoll | None = None,
+        events: ProxyEvents = NO_EVENTS,
     ) -> None:
         self.id = session_id
+        self.events = events
         self.client: trio.abc.Stream = stream
         self.upstream: trio.abc.Stream | None = None
         self.peer = peer
@@ -176,6 +181,7 @@ class Session:
 
     async def run(self) -> None:
         started = time.monotonic()
+        self.events.session_opened(self.id, self.listener, self.stats)
         end = SessionEnd("cancelled", "the proxy stopped")
         try:
             end = self._named_bye(await self._run())
@@ -203,6 +209,7 @@ class Session:
                 end.reason,
                 safe(end.detail, MAX_DETAIL),
             )
+            self.events.session_closed(self.id, end.reason, time.monotonic() - started)
             if self.filtering is not None:
                 self.filtering.ended(
                     SessionEndInfo(
@@ -419,18 +426,22 @@ class Session:
             with trio.fail_after(self.config.timeouts.tls_handshake):
                 await tls.do_handshake()
         except trio.TooSlowError:
+            self.events.tls_failed(self.id, "client", None)
             raise SessionEnd("tls_failed", "client TLS handshake timed out") from None
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
+            self.events.tls_failed(self.id, "client", cause)
             raise SessionEnd("tls_failed", f"client TLS handshake failed: {cause}") from None
         self.client_tls = tls.version() or "TLS"
+        self.events.tls_handshake(self.id, "client", self.client_tls)
         if self.filtering is not None:
             self.filtering.view.tls = self._tls_info()
 
     async def _set_up(self) -> Frame:
         """The upstream, up to its greeting (see :mod:`.upstream`)."""
         setup = UpstreamSetup(
-            self.config, self.conv, self.stats, self.upstream_ssl, self.busy_poll, self.id
+            self.config, self.conv, self.stats, self.upstream_ssl, self.busy_poll, self.id,
+            self.events,
         )
         try:
             return await setup.open()
@@ -543,6 +554,7 @@ class Session:
                 ev = conv.next_client_event()
             except ProtocolError as exc:
                 await flush()
+                self.events.protocol_error(self.id, "client", exc.limit or "framing")
                 if exc.fatal:
                     log.warning("session %s: client protocol error: %s", self.id, exc.message)
                     raise SessionEnd("client_protocol_error", exc.message, exc.reply) from None
@@ -671,6 +683,7 @@ class Session:
                     ev = conv.next_server_event()
                 except ProtocolError as exc:
                     await flush()
+                    self.events.protocol_error(self.id, "upstream", exc.limit or "framing")
                     log.warning("session %s: upstream protocol error: %s", self.id, exc.message)
                     raise SessionEnd(
                         "upstream_protocol_error",
@@ -706,6 +719,7 @@ class Session:
                             # bytes differently from the proxy.  Relaying on could let
                             # them run as commands the proxy never saw.
                             await flush()
+                            self.events.protocol_error(self.id, "upstream", "stray_continuation")
                             log.warning(
                                 "session %s: upstream sent a continuation request that "
                                 "no command asked for",
@@ -759,6 +773,7 @@ class Session:
             self._holding_client = True
         self._client_boundary = False
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.stats.bytes_to_client += len(data)
         await self.client.send_all(data)
         if boundary:
             self._client_boundary = True
@@ -886,10 +901,12 @@ class Session:
 
     async def _client_starttls(self, ok: bytes) -> None:
         async with self._client_lock:
+            self.stats.bytes_to_client += len(ok)
             await self.client.send_all(ok)
             injected = self.conv.client.start_tls()
             if injected:
                 self.stats.starttls_injected += len(injected)
+                self.events.starttls_injection(self.id, "client")
                 log.warning(
                     "session %s: discarded %d bytes the client sent after STARTTLS before "
                     "TLS (command injection attempt)",
@@ -913,6 +930,7 @@ class Session:
 
     async def _send_client(self, data: bytes) -> None:
         await _acquire(self._client_lock)
+        self.stats.bytes_to_client += len(data)
         try:
             await self.client.send_all(data)
         finally:
@@ -921,6 +939,7 @@ class Session:
     async def _send_upstream(self, parts: list[bytes]) -> None:
         assert self.upstream is not None
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.stats.bytes_to_upstream += len(data)
         try:
             await self.upstream.send_all(data)
         except trio.BrokenResourceError:
@@ -938,6 +957,7 @@ class Session:
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.timeouts.farewell):
             try:
                 async with self._client_lock:
+                    self.stats.bytes_to_client += len(bye)
                     await self.client.send_all(bye)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass

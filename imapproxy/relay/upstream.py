@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import Protocol
 
 import trio
@@ -22,6 +23,7 @@ from ..net.busypoll import BusyPoll
 from ..net.transport import SocketStream, TlsStream
 from ..wire import NEED_DATA, Conversation, EndOfStream, Frame, FrameKind, ProtocolError
 from .ends import SessionEnd, unavailable
+from .events import NO_EVENTS, ProxyEvents
 
 log = logging.getLogger("imapproxy.session")
 
@@ -29,6 +31,7 @@ class Counts(Protocol):
     """What the set-up counts (the session's stats)."""
 
     bytes_from_upstream: int
+    bytes_to_upstream: int
 
 
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
@@ -43,8 +46,11 @@ class UpstreamSetup:
         upstream_ssl: ssl.SSLContext | None,
         busy_poll: BusyPoll | None,
         session_id: str,
+        events: ProxyEvents = NO_EVENTS,
     ) -> None:
         self.config = config
+        self.events = events
+        self._error: BaseException | None = None  # why the set-up failed, for the events
         self.conv = conv
         self.stats = stats
         self.upstream_ssl = upstream_ssl
@@ -55,6 +61,17 @@ class UpstreamSetup:
     async def open(self) -> Frame:
         """Connect, TLS or STARTTLS as configured, up to the greeting (whose capability
         list, after STARTTLS, is the one the upstream gave over TLS)."""
+        self.events.upstream_connecting(self.session_id)
+        started = time.monotonic()
+        try:
+            greeting = await self._open()
+        except SessionEnd as end:
+            self.events.upstream_failed(self.session_id, end.reason, self._error)
+            raise
+        self.events.upstream_connected(self.session_id, time.monotonic() - started)
+        return greeting
+
+    async def _open(self) -> Frame:
         timeouts = self.config.timeouts
         try:
             with trio.fail_after(timeouts.upstream_connect):
@@ -66,7 +83,8 @@ class UpstreamSetup:
             if self.config.upstream.tls is UpstreamTls.STARTTLS:
                 greeting = await self._upstream_starttls(greeting)
             return greeting
-        except trio.TooSlowError:
+        except trio.TooSlowError as exc:
+            self._error = exc
             raise unavailable("upstream_unavailable", "upstream did not answer in time") from None
 
     async def _connect_upstream(self) -> None:
@@ -75,6 +93,7 @@ class UpstreamSetup:
         try:
             connected = await trio.open_tcp_stream(host, port)
         except OSError as exc:
+            self._error = exc
             raise unavailable(
                 "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
             ) from None
@@ -102,11 +121,14 @@ class UpstreamSetup:
             with trio.fail_after(self.config.timeouts.tls_handshake):
                 await tls.do_handshake()
         except trio.TooSlowError:
+            self.events.tls_failed(self.session_id, "upstream", None)
             raise unavailable("upstream_tls_failed", "upstream TLS handshake timed out") from None
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
+            self.events.tls_failed(self.session_id, "upstream", cause)
             detail = getattr(cause, "verify_message", None) or str(cause)
             raise unavailable("upstream_tls_failed", f"upstream TLS failed: {detail}") from None
+        self.events.tls_handshake(self.session_id, "upstream", tls.version())
 
     async def _upstream_starttls(self, greeting: Frame) -> Frame:
         """STARTTLS to the upstream; each exchange is bounded by upstream_greeting, the
@@ -131,6 +153,7 @@ class UpstreamSetup:
             raise unavailable("upstream_tls_failed", "upstream refused STARTTLS")
         injected = self.conv.server.start_tls()
         if injected:
+            self.events.starttls_injection(self.session_id, "upstream")
             log.warning(
                 "session %s: upstream sent %d bytes after its STARTTLS OK; discarded "
                 "(response injection)",
@@ -163,6 +186,7 @@ class UpstreamSetup:
 
     async def _send_upstream_now(self, data: bytes) -> None:
         assert self.stream is not None
+        self.stats.bytes_to_upstream += len(data)
         await self.stream.send_all(data)
 
     async def _read_upstream_frame(self) -> Frame:
@@ -172,6 +196,7 @@ class UpstreamSetup:
             try:
                 ev = self.conv.next_server_event()
             except ProtocolError as exc:
+                self.events.protocol_error(self.session_id, "upstream", exc.limit or "framing")
                 raise unavailable("upstream_protocol", f"upstream protocol error: {exc}") from None
             if ev is NEED_DATA:
                 try:
