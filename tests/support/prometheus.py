@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tests.support.proxy import free_port
 
@@ -70,9 +70,12 @@ class PrometheusServer:
         workdir: Path,
         job: str = "imapproxy",
         scrape_interval: str = "1s",
+        rule_files: Sequence[Path] = (),
         startup_timeout: float = 30.0,
     ) -> None:
+        """``rule_files`` are loaded and evaluated every ``scrape_interval`` too."""
         self.targets = list(targets)
+        self.rule_files = list(rule_files)
         self.workdir = workdir
         self.job = job
         self.scrape_interval = scrape_interval
@@ -80,6 +83,7 @@ class PrometheusServer:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "prometheus.log"
+        self._log_file: BinaryIO | None = None
 
     @property
     def url(self) -> str:
@@ -87,11 +91,13 @@ class PrometheusServer:
 
     def render_config(self) -> str:
         targets = ", ".join(json.dumps(t) for t in self.targets)
+        rules = "".join(f"  - {json.dumps(str(p))}\n" for p in self.rule_files)
         return (
             "global:\n"
             f"  scrape_interval: {self.scrape_interval}\n"
             f"  evaluation_interval: {self.scrape_interval}\n"
-            "scrape_configs:\n"
+            + (f"rule_files:\n{rules}" if rules else "")
+            + "scrape_configs:\n"
             f"  - job_name: {json.dumps(self.job)}\n"
             f"    scrape_timeout: {self.scrape_interval}\n"
             "    static_configs:\n"
@@ -99,10 +105,17 @@ class PrometheusServer:
         )
 
     def start(self) -> PrometheusServer:
+        """Spawn it and wait until it is ready."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the process (do something else meanwhile, then ``wait_ready``)."""
         binary = find_tool("prometheus")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(self.render_config())
+        self._log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -114,9 +127,12 @@ class PrometheusServer:
                 "--log.level=warn",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=self.log_path.open("wb"),
+            stderr=self._log_file,
             cwd=self.workdir,
         )
+
+    def wait_ready(self) -> PrometheusServer:
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.proc.poll() is not None:
@@ -135,14 +151,17 @@ class PrometheusServer:
             time.sleep(0.1)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        """SIGTERM to the process this started (by its PID), SIGKILL if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def __enter__(self) -> PrometheusServer:
         return self.start()
@@ -191,6 +210,12 @@ class PrometheusServer:
         if len(res.result) != 1:
             return None
         return float(res.result[0]["value"][1])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule as ``/api/v1/rules`` shows it (name, health, lastError, ...)."""
+        body = self._get("/api/v1/rules", {})
+        groups = body.get("data", {}).get("groups", [])
+        return [rule for group in groups for rule in group.get("rules", [])]
 
     def targets_health(self) -> list[dict[str, Any]]:
         body = self._get("/api/v1/targets", {"state": "active"})
