@@ -61,6 +61,9 @@ class Panel:
     thresholds: list[tuple[float | None, str]] = field(default_factory=list)
     mappings: list[dict[str, Any]] = field(default_factory=list)
     y_unit: str = ""  # heatmap: the unit of the buckets (le)
+    # many series (every label combination exists, most at zero): a legend table on the
+    # right, busiest first, instead of a long list under the graph
+    many: bool = False
     min: float | None = None
     max: float | None = None
 
@@ -215,6 +218,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                         "{{reason}}",
                     ),
                     stack=True,
+                    many=True,
                 ),
                 ts(
                     "TLS handshakes",
@@ -234,6 +238,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                         rate("imapproxy_tls_handshake_failures_total", "side, reason"),
                         "{{side}} {{reason}}",
                     ),
+                    many=True,
                 ),
                 heatmap(
                     "Session duration",
@@ -255,6 +260,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                     Target(rate(cmds, "command"), "{{command}}"),
                     stack=True,
                     w=12,
+                    many=True,
                 ),
                 ts(
                     "Commands by result",
@@ -276,6 +282,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                     "95th percentile of the command latency per command.",
                     "s",
                     *quantiles("imapproxy_command_duration_seconds", by="command")[1:2],
+                    many=True,
                 ),
                 heatmap(
                     "Command latency distribution",
@@ -366,6 +373,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                         rate("imapproxy_upstream_connect_errors_total", "upstream, reason"),
                         "error {{upstream}} {{reason}}",
                     ),
+                    many=True,
                 ),
                 ts(
                     "Upstream connections",
@@ -390,6 +398,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                         rate(auth, "mechanism, result", listener=True), "{{mechanism}} {{result}}"
                     ),
                     w=12,
+                    many=True,
                 ),
                 ts(
                     "Authentication failure ratio",
@@ -418,6 +427,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                         rate("imapproxy_filter_verdicts_total", "filter, verdict"),
                         "{{filter}} {{verdict}}",
                     ),
+                    many=True,
                 ),
                 ts(
                     "Policy blocks by rule",
@@ -442,6 +452,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                         rate("imapproxy_protocol_errors_total", "side, reason"),
                         "{{side}} {{reason}}",
                     ),
+                    many=True,
                 ),
                 ts(
                     "STARTTLS injections discarded",
@@ -452,13 +463,11 @@ def rows() -> list[tuple[str, list[Panel]]]:
                 ),
                 ts(
                     "Configuration reloads",
-                    "Reloads per second by result; the last one failed while the line "
-                    "'last reload ok' is 0.",
+                    "Configuration reloads in each rate interval, by result.",
                     "short",
-                    Target(rate("imapproxy_config_reloads_total", "result"), "reloads {{result}}"),
                     Target(
-                        f"min(imapproxy_config_last_reload_successful{sel()})",
-                        "last reload ok",
+                        f"sum by (result) (increase(imapproxy_config_reloads_total{sel()}{RI}))",
+                        "{{result}}",
                     ),
                 ),
             ],
@@ -492,6 +501,24 @@ def rows() -> list[tuple[str, list[Panel]]]:
                     f"time() - max(process_start_time_seconds{sel()})",
                     w=6,
                 ),
+                stat(
+                    "Last reload",
+                    "Whether the last configuration reload (or the start-up) succeeded, "
+                    "per instance; a failed one leaves the previous configuration running.",
+                    "none",
+                    f"min(imapproxy_config_last_reload_successful{sel()})",
+                    w=6,
+                    thresholds=[(None, "red"), (1, "green")],
+                    mappings=[
+                        {
+                            "type": "value",
+                            "options": {
+                                "0": {"index": 0, "text": "failed", "color": "red"},
+                                "1": {"index": 1, "text": "OK", "color": "green"},
+                            },
+                        }
+                    ],
+                ),
                 Panel(
                     "Versions",
                     "table",
@@ -504,7 +531,7 @@ def rows() -> list[tuple[str, list[Panel]]]:
                     ],
                     "short",
                     "imapproxy and Python versions running, with how many instances run each.",
-                    w=18,
+                    w=12,
                     h=4,
                 ),
             ],
@@ -559,15 +586,18 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "stacking": {"group": "A", "mode": "normal" if p.stack else "none"},
             "axisSoftMin": 0,
         }
-        options = {
-            "legend": {
-                "calcs": [],
-                "displayMode": "list",
-                "placement": "bottom",
-                "showLegend": True,
-            },
-            "tooltip": {"mode": "multi", "sort": "desc"},
+        legend: dict[str, Any] = {
+            "calcs": [],
+            "displayMode": "list",
+            "placement": "bottom",
+            "showLegend": True,
         }
+        if p.many:
+            legend.update(
+                calcs=["mean", "max"], displayMode="table", placement="right",
+                sortBy="Mean", sortDesc=True,
+            )  # fmt: skip
+        options = {"legend": legend, "tooltip": {"mode": "multi", "sort": "desc"}}
     elif p.kind == "stat":
         defaults["color"] = {"mode": "thresholds"}
         options = {

@@ -163,6 +163,7 @@ SHOWN: dict[str, tuple[dict[str, str], Callable[[float], bool]]] = {
     "Client literal sizes": ({}, lambda v: 1024 <= v <= 4096),
     "Certificate expires in": ({}, lambda v: v > 86400),
     "Proxies up": ({}, lambda v: v == 1),
+    "Last reload": ({}, lambda v: v == 1),
 }
 
 
