@@ -20,6 +20,15 @@ ALLOWED_PANELS = {"row", "timeseries", "stat", "gauge", "heatmap", "table", "bar
 DEPRECATED_PANELS = {"graph", "singlestat", "table-old", "grafana-piechart-panel",
                      "grafana-worldmap-panel"}  # fmt: skip
 DS_VARIABLE = {"${datasource}", "$datasource"}
+# Grafana's unit ids (a subset: the ones a proxy dashboard may need); a typo ("seconds",
+# "Bytes") would show raw numbers
+KNOWN_UNITS = {
+    "none", "short", "string", "percent", "percentunit", "bool", "bool_yes_no", "bool_on_off",
+    "ns", "µs", "ms", "s", "m", "h", "d", "dtdurationms", "dtdurations", "dateTimeAsIso",
+    "dateTimeFromNow", "bytes", "decbytes", "kbytes", "mbytes", "bits", "Bps", "binBps", "bps",
+    "pps", "reqps", "rps", "wps", "iops", "ops", "cps", "reqpm", "rpm", "wpm", "opm", "cpm",
+    "hertz",
+}  # fmt: skip
 # Metrics the dashboards select by job and instance: everything the proxy exports, and
 # Prometheus's own "up" for the targets.
 SELECTED = re.compile(r"\b(imapproxy_\w+|process_\w+|python_\w+|up)\b(\{[^}]*\})?")
@@ -104,6 +113,8 @@ def _problems(dash: dict[str, Any]) -> list[str]:
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
         if not unit:
             bad.append(f"{title}: no unit (fieldConfig.defaults.unit)")
+        elif unit not in KNOWN_UNITS:
+            bad.append(f"{title}: unit {unit!r} is not a Grafana unit id")
         if not panel.get("description"):
             bad.append(f"{title}: no description (what it shows, for the panel's (i))")
         targets = panel.get("targets") or []
@@ -121,7 +132,7 @@ def _problems(dash: dict[str, Any]) -> list[str]:
             options = panel.get("options", {})
             if options.get("calculate") is not False:
                 bad.append(f"{title}: heatmap of Prometheus buckets needs calculate: false")
-            if not options.get("yAxis", {}).get("unit"):
+            if options.get("yAxis", {}).get("unit") not in KNOWN_UNITS:
                 bad.append(f"{title}: heatmap needs options.yAxis.unit (the buckets' unit)")
             if any(t.get("format") != "heatmap" for t in targets):
                 bad.append(f"{title}: heatmap targets need format: heatmap")
@@ -180,6 +191,7 @@ def test_the_checks_catch_what_they_are_for() -> None:
              "targets": [{"refId": "A", "expr": "rate(imapproxy_commands_total[5m])"}]},
             {"id": 1, "type": "timeseries", "title": "dup",
              "gridPos": {"x": 20, "y": 0, "w": 8, "h": 8},
+             "fieldConfig": {"defaults": {"unit": "seconds"}},
              "datasource": {"uid": "${datasource}"}, "targets": []},
             {"id": 3, "type": "heatmap", "title": "hm", "gridPos": {"x": 0, "y": 9, "w": 8, "h": 8},
              "datasource": {"uid": "$datasource"}, "fieldConfig": {"defaults": {"unit": "s"}},
@@ -204,6 +216,7 @@ def test_the_checks_catch_what_they_are_for() -> None:
         "not on the 24-column grid",
         "is not $datasource",
         "no unit",
+        "unit 'seconds' is not a Grafana unit id",
         "no targets",
         "range [5m]",
         "rate() without [$__rate_interval]",
