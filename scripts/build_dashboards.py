@@ -624,7 +624,13 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "filterValues": {"le": 1e-9},
             "legend": {"show": True},
             "rowsFrame": {"layout": "auto"},
-            "tooltip": {"mode": "single", "showColorScale": False, "yHistogram": False},
+            # "show" for Grafana 10.4 without the new tooltips, "mode" for 11 and later
+            "tooltip": {
+                "mode": "single",
+                "show": True,
+                "showColorScale": False,
+                "yHistogram": False,
+            },  # fmt: skip
             "yAxis": {"axisPlacement": "left", "reverse": False, "unit": p.y_unit},
         }
     elif p.kind == "table":
