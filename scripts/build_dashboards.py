@@ -630,7 +630,7 @@ def panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
                 "show": True,
                 "showColorScale": False,
                 "yHistogram": False,
-            },  # fmt: skip
+            },
             "yAxis": {"axisPlacement": "left", "reverse": False, "unit": p.y_unit},
         }
     elif p.kind == "table":

@@ -44,8 +44,12 @@ class Stack:
     prometheus: PrometheusServer
     target: str  # the proxy's metrics address, Prometheus's "instance"
 
-    def values(self) -> dict[str, str]:
-        return {"job": JOB, "instance": self.target, "listener": ".*", "datasource": "", **BUILTINS}
+    def values(self, selection: str) -> dict[str, str]:
+        """The template variables as Grafana fills them in: ``one`` (this job and instance
+        picked) or ``all`` ("All" in every selector: the variables' allValue)."""
+        if selection == "all":
+            return {"job": ".*", "instance": ".*", "listener": ".*", **BUILTINS}
+        return {"job": JOB, "instance": self.target, "listener": ".*", **BUILTINS}
 
 
 def _start_proxy(
@@ -167,13 +171,14 @@ SHOWN: dict[str, tuple[dict[str, str], Callable[[float], bool]]] = {
 }
 
 
+@pytest.mark.parametrize("selection", ["one", "all"])
 @pytest.mark.parametrize("path", grafana.dashboard_files(), ids=lambda p: p.name)
-def test_every_dashboard_query_returns_series(path: Path, stack: Stack) -> None:
+def test_every_dashboard_query_returns_series(path: Path, selection: str, stack: Stack) -> None:
     failures: list[str] = []
     shown: dict[str, Any] = {}
     queries = grafana.queries(path)
     for query in queries:
-        expr = grafana.substitute(query.expr, stack.values())
+        expr = grafana.substitute(query.expr, stack.values(selection))
         res = stack.prometheus.query(expr)
         if res.error is not None:
             failures.append(f"{query.where}: ERROR {res.error}\n    {expr}")
