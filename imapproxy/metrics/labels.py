@@ -31,13 +31,13 @@ COMMANDS: tuple[str, ...] = (
     "LISTRIGHTS", "GETMETADATA", "SETMETADATA", "COMPRESS", "NOTIFY",
     "other",
 )  # fmt: skip
-_COMMAND_SET = frozenset(COMMANDS)
+COMMAND_SET = frozenset(COMMANDS)
 # IDLE's duration is the client's choice (up to 29 minutes): it has a histogram of its own.
 TIMED_COMMANDS: tuple[str, ...] = tuple(c for c in COMMANDS if c != "IDLE")
 
 # How a command ended: the tagged status, or what the proxy saw instead.
 COMMAND_RESULTS = ("OK", "NO", "BAD", "BYE", "blocked", "aborted")
-_STATUSES = frozenset({"OK", "NO", "BAD"})
+STATUSES = frozenset({"OK", "NO", "BAD"})
 
 # "LOGIN" is the LOGIN command (and AUTHENTICATE LOGIN: the same user name and password).
 MECHANISMS: tuple[str, ...] = (
@@ -59,7 +59,6 @@ PROTOCOL_ERRORS: tuple[str, ...] = (
     "other",
 )
 DIRECTIONS = ("received", "sent")
-VERDICTS = ("reject", "answer", "replace", "disconnect")
 RELOAD_RESULTS = ("success", "failure")
 CLOSE_REASONS: tuple[str, ...] = tuple(END_REASONS)
 REJECTIONS: tuple[str, ...] = REJECT_REASONS
@@ -92,12 +91,12 @@ LITERAL_BUCKETS = tuple(float(1024 * 4**n) for n in range(10))
 def command_label(name: str, uid: bool) -> str:
     """The label of a command (``name`` upper-case without UID, as in CommandView)."""
     full = "UID " + name if uid else name
-    return full if full in _COMMAND_SET else OTHER
+    return full if full in COMMAND_SET else OTHER
 
 
 def status_label(status: str) -> str:
     """A tagged status as a result: OK/NO/BAD (anything else a server sends is BAD)."""
-    return status if status in _STATUSES else "BAD"
+    return status if status in STATUSES else "BAD"
 
 
 def mechanism_label(name: str, raw: bytes) -> str:

@@ -1,20 +1,20 @@
 """The metrics' filter: an observer on the filter API, one per session.
 
-What it counts, and from what:
+It counts what needs a view, and only that, so that no view is built for the common
+commands and responses (a view costs several microseconds; the relay's own work per
+pipelined command is about nine):
 
-* every command, when it has gone upstream (``verdict`` None or ``replace``) or was
-  decided here (blocked: ``reject``/``refuse``/``disconnect``; answered locally:
-  ``answer``, counted with the status of the reply);
-* its result from the tagged completion (OK/NO/BAD) and its latency (``ResponseView.latency``,
-  from the command going upstream to the completion coming back); commands still waiting
-  when the session ends are ``BYE`` (the server had said BYE) or ``aborted``;
-* logins (LOGIN, AUTHENTICATE) by mechanism and result, authenticated and IDLE sessions,
-  client literal sizes, filter verdicts and policy blocks.
+* logins (LOGIN, AUTHENTICATE) by mechanism and result: the command's view gives the
+  mechanism, the ``authenticated`` hook a success, a tagged NO/BAD a failure, a reply the
+  proxy made itself (``ResponseView.by``) a block;
+* authenticated sessions (that hook, or a PREAUTH greeting);
+* APPEND's literal sizes (the messages clients upload);
+* the proxy's own NO/BAD replies, by the filter (or ``relay``) that made them, and a
+  policy filter's blocks by rule;
+* an untagged BYE (commands still waiting when the session ends are then "BYE").
 
-It wants every command (the relay then builds a view of each; nothing of its arguments is
-read) and only status responses (OK/NO/BAD/BYE/PREAUTH): no view of untagged data, FETCH
-responses included, is built for it.  Per session it keeps the tags of the commands in
-progress (bounded by ``Limits.max_pending_commands``).
+Commands by name and result and their latency are the relay's events (see
+:meth:`.proxy.ProxyMetrics.command_started`): a dict update per command, no view.
 """
 
 from __future__ import annotations
@@ -32,144 +32,95 @@ from ..filters.api import (
     Verdict,
 )
 from ..wire.events import FrameKind
-from .labels import OTHER, RELAY, command_label, mechanism_label, status_label
+from .labels import OTHER, RELAY, mechanism_label
 
 if TYPE_CHECKING:
-    from .proxy import ProxyMetrics
+    from .proxy import Live, ProxyMetrics
 
 _LOGINS = frozenset({"LOGIN", "AUTHENTICATE"})
-_AUTH_RESULT = {"OK": "success", "NO": "failure", "BAD": "failure"}
-_BLOCKED = frozenset({"reject", "refuse", "disconnect"})
-_VERDICT_LABEL = {"reject": "reject", "refuse": "reject", "answer": "answer",
-                  "replace": "replace", "disconnect": "disconnect"}  # fmt: skip
+_BLOCKED = frozenset({"reject", "refuse", "disconnect", "answer"})
 
 
 class MetricsFilter(Filter):
-    __slots__ = ("_authed", "_bye", "_idle", "_listener", "_local", "_logins", "_m", "_pending")
+    __slots__ = ("_authed", "_listener", "_live", "_logins", "_m")
 
     name = "metrics"
     observes_only = True
-    wants_commands = None  # all: each is counted (views are cheap when args are not read)
-    wants_responses = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
+    wants_commands = frozenset({"LOGIN", "AUTHENTICATE", "APPEND"})
+    wants_responses = frozenset({"NO", "BAD", "BYE", "PREAUTH"})
 
-    def __init__(self, metrics: ProxyMetrics, info: SessionInfo) -> None:
+    def __init__(self, metrics: ProxyMetrics, live: Live, info: SessionInfo) -> None:
         self._m = metrics
-        self._listener = (info.listener,)
-        self._pending: dict[bytes, str] = {}  # tag -> command label, gone upstream
-        self._local: dict[bytes, str] | None = None  # tag -> label, answered by the proxy
-        self._logins: dict[bytes, str] | None = None  # tag -> mechanism label
-        self._idle: bytes | None = None  # the tag of the IDLE in progress
+        self._live = live
+        self._listener = info.listener
+        self._logins: dict[bytes, str] | None = None  # tag -> mechanism label, in progress
         self._authed = False
-        self._bye = False
-
-    # ------------------------------------------------------------------ commands
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
         verdict = cmd.verdict
-        label = command_label(cmd.name, cmd.uid)
-        m = self._m
-        if verdict is None:
-            self._sent(cmd, label)
-            return PASS
         if verdict == "abandoned":
-            return PASS  # shown at its head already; the server's answer is coming
-        by = cmd.by if cmd.by in m.filter_names else RELAY
-        m.filter_verdicts.inc((by, _VERDICT_LABEL[verdict]))
-        if verdict == "replace":
-            self._sent(cmd, label)
-        elif verdict == "answer":
-            if self._local is None:
-                self._local = {}
-            self._local[cmd.tag] = label
-        elif verdict in _BLOCKED:
-            m.commands.inc((label, "blocked"))
-            if label in _LOGINS:
-                mech = mechanism_label(cmd.name, cmd.raw)
-                m.auth.inc((self._listener[0], mech, "blocked"))
-            rules = m.policy_rules.get(by)
-            if rules is not None:
-                rule = session.scratch.get(by + ".rule")
-                m.policy_blocks.inc((by, rule if rule in rules else OTHER))
-        return PASS
-
-    def _sent(self, cmd: CommandView, label: str) -> None:
-        tag = cmd.tag
-        self._pending[tag] = label
-        if cmd.literals:
-            hist = self._m.client_literals
-            for lit in cmd.literals:
-                hist.observe((), lit.size)
-        if label in _LOGINS:
+            return PASS  # shown at its head already
+        if cmd.name == "APPEND":
+            if verdict is None or verdict == "replace":
+                hist = self._m.client_literals
+                for lit in cmd.literals:
+                    hist.observe((), lit.size)
+            return PASS
+        if cmd.uid:
+            return PASS
+        mech = mechanism_label(cmd.name, cmd.raw)
+        if verdict in _BLOCKED:
+            self._m.auth.inc((self._listener, mech, "blocked"))
+        else:
             if self._logins is None:
                 self._logins = {}
-            self._logins[tag] = mechanism_label(cmd.name, cmd.raw)
-        elif label == "IDLE":
-            self._idle = tag
-            self._m.idling.inc(self._listener)
-
-    # ------------------------------------------------------------------ responses
+            self._logins[cmd.tag] = mech
+        return PASS
 
     def response(self, resp: ResponseView, session: SessionView) -> Verdict:
         tag = resp.tag
         if tag is None:
             if resp.name == "BYE":
-                self._bye = True
+                self._live.bye = True
             elif resp.name == "PREAUTH" and resp.kind is FrameKind.GREETING:
                 self.authenticated(session)
             return PASS
         if resp.kind is not FrameKind.STATUS:
             return PASS
         m = self._m
-        status = status_label(resp.name)
-        if resp.by is not None:  # a reply the proxy made itself
-            local = self._local
-            label = local.pop(tag, None) if local is not None else None
-            if label is not None:
-                m.commands.inc((label, status))
-            return PASS
-        label = self._pending.pop(tag, None)
-        if label is None:
-            return PASS
-        m.commands.inc((label, status))
-        latency = resp.latency
-        if tag == self._idle:
-            self._idle = None
-            m.idling.inc(self._listener, -1)
-            if latency is not None:
-                m.idle_duration.observe((), latency)
-        elif latency is not None:
-            m.command_duration.observe((label,), latency)
+        by = resp.by
+        if by is not None:  # the proxy's own NO/BAD: a refusal
+            who = by if by in m.filter_names else RELAY
+            m.filter_rejections.inc((who,))
+            rules = m.policy_rules.get(who)
+            if rules is not None:
+                rule = session.scratch.get(who + ".rule")
+                m.policy_blocks.inc((who, rule if rule in rules else OTHER))
         logins = self._logins
         if logins is not None:
             mech = logins.pop(tag, None)
             if mech is not None:
-                m.auth.inc((self._listener[0], mech, _AUTH_RESULT[status]))
+                result = "failure" if by is None else "blocked"
+                m.auth.inc((self._listener, mech, result))
         return PASS
 
-    # ------------------------------------------------------------------ session
-
     def authenticated(self, session: SessionView) -> None:
+        logins = self._logins
+        if logins:  # the login that succeeded (one at a time in practice)
+            tag = next(iter(logins))
+            self._m.auth.inc((self._listener, logins.pop(tag), "success"))
         if not self._authed:
             self._authed = True
-            self._m.authenticated.inc(self._listener)
+            self._m.authenticated.inc((self._listener,))
 
     def session_ended(self, session: SessionView, end: SessionEndInfo) -> None:
         m = self._m
-        result = "BYE" if self._bye else "aborted"
-        for label in self._pending.values():
-            m.commands.inc((label, result))
-        for label in (self._local or {}).values():
-            m.commands.inc((label, "aborted"))
         for mech in (self._logins or {}).values():
-            m.auth.inc((self._listener[0], mech, "aborted"))
-        self._pending.clear()
-        self._local = self._logins = None
-        if self._idle is not None:
-            self._idle = None
-            m.idling.inc(self._listener, -1)
+            m.auth.inc((self._listener, mech, "aborted"))
+        self._logins = None
         if self._authed:
             self._authed = False
-            m.authenticated.inc(self._listener, -1)
+            m.authenticated.inc((self._listener,), -1)
 
 
 class MetricsFilterFactory:
@@ -181,4 +132,4 @@ class MetricsFilterFactory:
         self.metrics = metrics
 
     def __call__(self, info: SessionInfo) -> MetricsFilter:
-        return MetricsFilter(self.metrics, info)
+        return MetricsFilter(self.metrics, self.metrics.live(info.id, info.listener), info)

@@ -21,13 +21,14 @@ of four additions per write on the relay.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,17 +46,31 @@ from .store import CounterVec, Family, GaugeVec, HistogramVec
 
 log = logging.getLogger("imapproxy.metrics")
 
+_COMMANDS = L.COMMAND_SET
+_STATUSES = L.STATUSES
+_OTHER = L.OTHER
+_COMMAND_BOUNDS = L.COMMAND_BUCKETS
+
 FILTER_NAME = "metrics"
 
 
 @dataclass(slots=True)
-class _Live:
-    """A session the metrics follow from its start to its end."""
+class Live:
+    """A session the metrics follow from its start to its end (the relay's events and the
+    session's observer filter share it)."""
 
     listener: str
     tls: str  # implicit, starttls or none: the active gauge's label
     stats: ByteCounts
     upstream: bool = False  # an upstream connection is open
+    # commands relayed and not completed: tag -> (label, when it went upstream)
+    pending: dict[bytes, tuple[str, float]] = field(default_factory=dict)
+    idle: bytes | None = None  # the tag of the IDLE in progress
+    bye: bool = False  # the server said BYE: what is still pending ends as "BYE"
+
+
+class _NoBytes:
+    bytes_from_client = bytes_to_client = bytes_from_upstream = bytes_to_upstream = 0
 
 
 class ProxyMetrics(ProxyEvents, Collector):
@@ -65,13 +80,16 @@ class ProxyMetrics(ProxyEvents, Collector):
         *,
         process: bool = True,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Registers itself (and, with ``process``, prometheus-client's process, platform
-        and GC collectors) with ``registry``.  ``clock`` gives Unix time (reload stamps)."""
+        and GC collectors) with ``registry``.  ``clock`` gives Unix time (reload stamps),
+        ``monotonic`` the time for command latencies."""
         self.clock = clock
+        self.monotonic = monotonic
         self.filter_names: frozenset[str] = frozenset()
         self.policy_rules: dict[str, frozenset[str]] = {}  # filter name -> its rule names
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, Live] = {}
         self._lock = threading.Lock()  # the byte totals against a scrape in another thread
         self._closed_bytes: dict[str, list[int]] = {}  # listener -> 4 totals (see _bytes)
         self._filter_errors: collections.Counter[str] = collections.Counter()
@@ -89,6 +107,14 @@ class ProxyMetrics(ProxyEvents, Collector):
             GCCollector(registry=registry)
 
     # ------------------------------------------------------------------ definitions
+
+    def live(self, session_id: str, listener: str) -> Live:
+        """The session's shared state, for its observer filter (a session the relay did
+        not announce, e.g. a filter chain driven by a test, gets one of its own)."""
+        live = self._live.get(session_id)
+        if live is None:
+            live = Live(listener, "none", _NoBytes())
+        return live
 
     def _counter(self, name: str, help: str, *labels: str) -> CounterVec:
         vec = CounterVec("imapproxy_" + name, help, labels)
@@ -154,9 +180,9 @@ class ProxyMetrics(ProxyEvents, Collector):
                                  "Size of each literal in a client command", (),
                                  L.LITERAL_BUCKETS)  # fmt: skip
         # filters and policy
-        self.filter_verdicts = c("filter_verdicts_total",
-                                 "Commands a filter (or the relay) did not simply pass",
-                                 "filter", "verdict")  # fmt: skip
+        self.filter_rejections = c("filter_rejections_total",
+                                   "The proxy's own NO/BAD replies to commands, by the "
+                                   "filter (or relay) that made them", "filter")  # fmt: skip
         self.policy_blocks = c("policy_blocks_total", "Commands blocked, by rule",
                                "filter", "rule")  # fmt: skip
         # upstream
@@ -187,6 +213,10 @@ class ProxyMetrics(ProxyEvents, Collector):
         # what needs no configuration exists at once
         self.commands.declare(L.COMMANDS, L.COMMAND_RESULTS)
         self.command_duration.declare(L.TIMED_COMMANDS)
+        # for command_completed: the vectors' own dicts, by label
+        self._command_counts = self.commands.values
+        self._durations = {key[0]: v for key, v in self.command_duration.counts.items()}
+        self._duration_sums = self.command_duration.sums
         self.idle_duration.declare()
         self.client_literals.declare()
         self.handshakes.declare(L.SIDES, L.TLS_VERSIONS)
@@ -230,7 +260,7 @@ class ProxyMetrics(ProxyEvents, Collector):
         self.authenticated.declare(listeners)
         self.idling.declare(listeners)
         self.auth.declare(listeners, L.MECHANISMS, L.AUTH_RESULTS)
-        self.filter_verdicts.declare([*filter_names, L.RELAY], L.VERDICTS)
+        self.filter_rejections.declare([*filter_names, L.RELAY])
         for name, rules in self.policy_rules.items():
             self.policy_blocks.declare([name], [*sorted(rules), L.OTHER])
         self.upstream_attempts.declare(self._upstream)
@@ -258,7 +288,7 @@ class ProxyMetrics(ProxyEvents, Collector):
         self.rejected.inc((listener, reason if reason in L.REJECTIONS else L.OTHER))
 
     def session_opened(self, session_id: str, listener: ListenerConfig, stats: ByteCounts) -> None:
-        live = _Live(listener.name, "implicit" if listener.implicit_tls else "none", stats)
+        live = Live(listener.name, "implicit" if listener.implicit_tls else "none", stats)
         self._live[session_id] = live
         self.active.inc((live.listener, live.tls))
 
@@ -267,6 +297,13 @@ class ProxyMetrics(ProxyEvents, Collector):
         if live is None:
             return
         name = live.listener
+        result = "BYE" if live.bye else "aborted"
+        for label, _ in live.pending.values():
+            self.commands.inc((label, result))
+        live.pending.clear()
+        if live.idle is not None:
+            live.idle = None
+            self.idling.inc((name,), -1)
         self.active.inc((name, live.tls), -1)
         self.closed.inc((name, reason if reason in L.CLOSE_REASONS else "error"))
         self.session_duration.observe((name,), duration)
@@ -298,6 +335,55 @@ class ProxyMetrics(ProxyEvents, Collector):
 
     def protocol_error(self, session_id: str, side: str, reason: str) -> None:
         self.protocol_errors.inc((side, L.protocol_error_label(reason)))
+
+    # per command: a dict update and a clock read at each end, nothing else
+
+    def command_started(self, session_id: str, tag: bytes, name: str) -> None:
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        pending = live.pending
+        if tag in pending:
+            return  # a tag in use: the relay refuses this one
+        if name == "IDLE":
+            live.idle = tag
+            self.idling.inc((live.listener,))
+        pending[tag] = (name if name in _COMMANDS else _OTHER, self.monotonic())
+
+    def command_completed(self, session_id: str, tag: bytes, status: str) -> None:
+        # (the hot path: inlined updates of self.commands and self.command_duration)
+        live = self._live.get(session_id)
+        started = live.pending.pop(tag, None) if live is not None else None
+        if started is None:
+            return
+        label, when = started
+        latency = self.monotonic() - when
+        key = (label, status if status in _STATUSES else "BAD")
+        counts = self._command_counts
+        counts[key] = counts.get(key, 0) + 1
+        if tag == live.idle:  # type: ignore[union-attr]
+            live.idle = None  # type: ignore[union-attr]
+            self.idling.inc((live.listener,), -1)  # type: ignore[union-attr]
+            self.idle_duration.observe((), latency)
+            return
+        hist = self._durations.get(label)
+        if hist is None:
+            return
+        hist[bisect.bisect_left(_COMMAND_BOUNDS, latency)] += 1
+        self._duration_sums[(label,)] += latency
+
+    def command_blocked(self, session_id: str, tag: bytes) -> None:
+        live = self._live.get(session_id)
+        started = live.pending.pop(tag, None) if live is not None else None
+        if started is not None:
+            self.commands.inc((started[0], "blocked"))
+            if tag == live.idle:  # type: ignore[union-attr]
+                live.idle = None  # type: ignore[union-attr]
+                self.idling.inc((live.listener,), -1)  # type: ignore[union-attr]
+
+    def command_answered(self, session_id: str, name: str, result: str) -> None:
+        label = name if name in L.COMMAND_SET else L.OTHER
+        self.commands.inc((label, result if result in L.COMMAND_RESULTS else "blocked"))
 
     def upstream_connecting(self, session_id: str) -> None:
         self.upstream_attempts.inc(self._upstream)

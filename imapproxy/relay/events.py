@@ -80,6 +80,24 @@ class ProxyEvents:
         ``Limits`` field name, "framing", "malformed_command", "tag_in_use" or
         "stray_continuation"."""
 
+    # ------------------------------------------------------------------ commands
+    # (per command: implementations must be cheap; these carry no view, see the metrics)
+
+    def command_started(self, session_id: str, tag: bytes, name: str) -> None:
+        """A client command's first part is being relayed (``name`` as the client spelt
+        it, upper-case, ``UID FETCH`` as two words; not checked against any list)."""
+
+    def command_completed(self, session_id: str, tag: bytes, status: str) -> None:
+        """The server's tagged completion of a command (status OK, NO or BAD)."""
+
+    def command_blocked(self, session_id: str, tag: bytes) -> None:
+        """A filter refused or answered a started command itself: it never reached
+        the server."""
+
+    def command_answered(self, session_id: str, name: str, result: str) -> None:
+        """The relay answered a command itself without relaying it (STARTTLS: "OK" or
+        "BAD"; a command it refused, malformed or with a tag in use: "blocked")."""
+
     # ------------------------------------------------------------------ upstream leg
 
     def upstream_connecting(self, session_id: str) -> None:

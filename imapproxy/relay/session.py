@@ -357,7 +357,7 @@ class Session:
             self.config.limits,
             send_client=self._send_client,
             send_upstream=self._send_upstream,
-            refused=self.logins.forget,
+            refused=self._refused_by_filter,
             wait_segment=self._await_segment,
             segment_answered=self._wake_segment_wait,
         )
@@ -396,6 +396,10 @@ class Session:
         if scope is not None:
             self._segment_scope = None
             scope.cancel()
+
+    def _refused_by_filter(self, tag: bytes) -> None:
+        self.logins.forget(tag)
+        self.events.command_blocked(self.id, tag)
 
     def _filter_error(self, name: str, hook: str, exc: BaseException) -> None:
         self.filter_errors[name] += 1
@@ -614,6 +618,8 @@ class Session:
                         progressed = False
                         await self._starttls(ev)
                         continue
+                    if ev.first:
+                        self.events.command_started(self.id, ev.tag, ev.name)
                     if ev.sensitive:
                         self.logins.note(ev)
                     decision = gate.command_part(ev)  # (sync: the common case costs no await)
@@ -814,6 +820,7 @@ class Session:
         if conv.selected is not self._selected:  # (decoded only when it changes)
             self._selected = conv.selected
             view.selected = _mailbox_name(conv.selected, view.utf8)
+        self.events.command_completed(self.id, tag, frame.name)
         pending = self.logins.completed(tag, frame.name)
         end = None
         if pending is not None:
@@ -854,11 +861,13 @@ class Session:
         view = replace(command_view(frame.raw, frame), verdict="answer", by="relay")
         filtering.filters.observe_command(view, filtering.view)
         if self._offers_starttls():
+            self.events.command_answered(self.id, "STARTTLS", "OK")
             ok = filtering.local_reply(tag, "OK", tag + b" OK Begin TLS negotiation now\r\n",
                                        "relay")  # fmt: skip
             await self._client_starttls(ok)
         else:
             conv.client.completed(tag, "BAD")
+            self.events.command_answered(self.id, "STARTTLS", "BAD")
             bad = tag + b" BAD STARTTLS is not available here\r\n"
             await self._send_client(filtering.local_reply(tag, "BAD", bad, "relay"))
 
@@ -892,6 +901,7 @@ class Session:
         if not frame.final and not waits:
             self._drop_tag = frame.tag
         log.warning("session %s: refused a client command: %s", self.id, why)
+        self.events.command_answered(self.id, frame.name, "blocked")
         reply = tag + b" BAD [CLIENTBUG] " + why.encode() + b"\r\n"
         filtering = self.filtering
         if filtering is not None:
