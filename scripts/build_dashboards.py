@@ -419,15 +419,12 @@ def rows() -> list[tuple[str, list[Panel]]]:
             "Filters and policy",
             [
                 ts(
-                    "Filter verdicts",
-                    "Commands a filter did not simply pass, by the filter that decided and "
-                    "its verdict (filter 'relay': the relay itself).",
+                    "Filter rejections",
+                    "The proxy's own NO/BAD replies to commands per second, by the filter "
+                    "that made them ('relay': the relay itself - malformed command, tag in "
+                    "use, too long to inspect).",
                     "reqps",
-                    Target(
-                        rate("imapproxy_filter_verdicts_total", "filter, verdict"),
-                        "{{filter}} {{verdict}}",
-                    ),
-                    many=True,
+                    Target(rate("imapproxy_filter_rejections_total", "filter"), "{{filter}}"),
                 ),
                 ts(
                     "Policy blocks by rule",

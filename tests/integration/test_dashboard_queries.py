@@ -162,6 +162,7 @@ SHOWN: dict[str, tuple[dict[str, str], Callable[[float], bool]]] = {
     "Authenticated sessions": ({}, lambda v: v >= 1),  # the others may still be closing
     "IDLE sessions": ({}, lambda v: v == 1),
     "Auth failure ratio": ({}, lambda v: 0 < v < 1),
+    "Filter rejections": ({"filter": "blocker"}, lambda v: v > 0),
     "Policy blocks by rule": ({"filter": "blocker", "rule": "no-subscribe"}, lambda v: v > 0),
     "TLS handshake failures": ({"side": "client", "reason": "protocol"}, lambda v: v > 0),
     "Client literal sizes": ({}, lambda v: 1024 <= v <= 4096),
