@@ -211,3 +211,26 @@ def test_alert_rules_evaluate_on_the_real_metrics(stack: Stack) -> None:
     for metric in sorted(set(re.findall(r"\b(imapproxy_\w+)", ALERTS.read_text()))):
         res = stack.prometheus.query(f'count({{__name__="{metric}", job="{JOB}"}})')
         assert res.error is None and res.series == 1, f"alerts.yml names {metric}: not exported"
+
+
+# Exported metrics no panel shows, and why
+NOT_SHOWN = {
+    "imapproxy_client_connections_per_address_limit": "no per-address gauge to set it against",
+    "imapproxy_config_last_reload_success_timestamp_seconds": "'Last reload' shows the outcome",
+}
+
+
+def test_the_dashboards_cover_every_exported_metric(stack: Stack) -> None:
+    """Every imapproxy_* family the proxy exports is on a dashboard (or in NOT_SHOWN with
+    its reason), so a metric added to the exporter is not forgotten here."""
+    exported = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for name in stack.prometheus.metric_names(f'{{job="{JOB}", __name__=~"imapproxy_.+"}}')
+    }
+    assert len(exported) > 20, exported
+    text = "\n".join(path.read_text() for path in grafana.dashboard_files())
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for n in re.findall(r"imapproxy_\w+", text)}
+    missing = sorted(exported - used - NOT_SHOWN.keys())
+    assert not missing, f"exported but on no dashboard: {missing}"
+    stale = sorted(NOT_SHOWN.keys() - exported)
+    assert not stale, f"NOT_SHOWN names metrics the proxy does not export: {stale}"

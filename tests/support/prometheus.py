@@ -211,6 +211,11 @@ class PrometheusServer:
             return None
         return float(res.result[0]["value"][1])
 
+    def metric_names(self, selector: str) -> set[str]:
+        """The names of the series ``selector`` matches (``/api/v1/label/__name__/values``)."""
+        body = self._get("/api/v1/label/__name__/values", {"match[]": selector})
+        return set(body.get("data", []))
+
     def rules(self) -> list[dict[str, Any]]:
         """Every loaded rule as ``/api/v1/rules`` shows it (name, health, lastError, ...)."""
         body = self._get("/api/v1/rules", {})
