@@ -18,6 +18,7 @@ import contextlib
 import imaplib
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,16 @@ def _start_proxy(
         "--cert", str(certs.cert_path), "--key", str(certs.key_path),
         "--upstream", f"{dovecot.host}:{dovecot.port}", "--config", str(config),
     ]  # fmt: skip
-    # wait for the metrics port only: a probe of the IMAP ports would be a session
+    # wait for the metrics port and the log lines of both listeners: a probe of the IMAP
+    # ports would be a session on the dashboards
     proxy = ProxyProcess(args, workdir=workdir, wait_ports=[(HOST, metrics)])
     proxy.__enter__()
+    deadline = time.monotonic() + 15
+    while proxy.log().count("listening on") < 2:
+        if time.monotonic() > deadline:
+            proxy.stop()
+            raise AssertionError(f"the proxy's listeners did not come up:\n{proxy.log()}")
+        time.sleep(0.05)
     return proxy, plain, tls, metrics
 
 
@@ -104,9 +112,8 @@ def _traffic(certs: TlsCerts, plain: int, tls: int, user: str, password: str) ->
             while raw.recv(4096):  # until the proxy closes it
                 pass
     idler = RawClient.connect(tls, ctx)
-    assert idler.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))[
-        -1
-    ].startswith(b"L OK")
+    login = idler.command(b"L", b'LOGIN "%s" "%s"' % (user.encode(), password.encode()))
+    assert login[-1].startswith(b"L OK"), login
     assert idler.command(b"S", b"SELECT INBOX")[-1].startswith(b"S OK")
     for tag in (b"I1", b"I2"):  # one IDLE that ends (its duration), one left running
         idler.send(tag + b" IDLE\r\n")
