@@ -683,7 +683,8 @@ def layout() -> list[dict[str, Any]]:
 def var_query(name: str, label: str, query: str) -> dict[str, Any]:
     return {
         "allValue": ".*",
-        "current": {},
+        # every proxy at first; pick one to drill down
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "datasource": DS,
         "definition": query,
         "hide": 0,
