@@ -48,9 +48,19 @@ class Endpoint:
 class ListenerConfig:
     endpoint: Endpoint
     implicit_tls: bool  # True: TLS from the first byte; False: plain, STARTTLS if a cert is set
+    # A plain listener offers STARTTLS when it has a certificate, unless this is False
+    # (the config file's tls = "none").
+    starttls: bool = True
+    # This listener's own certificate and key (default: ProxyConfig's).
+    cert_file: str | None = None
+    key_file: str | None = None
+    # What logs, the policy's `listener` rule and metrics call it (default: its name below).
+    label: str | None = None
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return ("imaps" if self.implicit_tls else "imap") + f"@{self.endpoint}"
 
 
@@ -88,6 +98,10 @@ class Timeouts:
     # silent too, has lost the command (e.g. it answered only with an untagged BAD): the
     # session ends rather than live on forever.
     answer_timeout: float = 60 * 60.0
+    # A filter's command hook that must wait (a lookup, a login delay) is given this long;
+    # beyond it the hook counts as failed (its on_error applies).  The session's next
+    # commands wait behind it, so it stays short.
+    filter_hook: float = 5.0
     # Graceful shutdown: how long sessions may go on after the listeners close.
     shutdown_drain: float = 10.0
     # Writing a last BYE to a client that does not read must not hold anything up.

@@ -95,7 +95,7 @@ class ProxyMetrics(ProxyEvents, Collector):
         self._filter_errors: collections.Counter[str] = collections.Counter()
         self._config: ProxyConfig | None = None
         self._upstream = ("",)
-        self._cert_expiry: float | None = None
+        self._cert_expiry: dict[str, float] = {}  # listener -> its certificate's notAfter
         self._families: list[Family] = []
         self._define()
         registry.register(self)
@@ -269,7 +269,13 @@ class ProxyMetrics(ProxyEvents, Collector):
         self.upstream_active.declare(self._upstream)
         for name in listeners:
             self._closed_bytes.setdefault(name, [0, 0, 0, 0])
-        self._cert_expiry = not_after(config.cert_file) if config.cert_file else None
+        self._cert_expiry = {}
+        for lc in config.listeners:
+            cert = lc.cert_file or config.cert_file
+            if cert and (lc.implicit_tls or lc.starttls):
+                expiry = not_after(cert)
+                if expiry is not None:
+                    self._cert_expiry[lc.name] = expiry
         self.reload_ok.set((), 1)
         self.reload_time.set((), self.clock())
 
@@ -411,12 +417,14 @@ class ProxyMetrics(ProxyEvents, Collector):
         for name in sorted(self.filter_names):
             fam.add_metric([name], errors.get(name, 0))
         yield fam
-        if self._cert_expiry is not None:
-            yield GaugeMetricFamily(
-                "imapproxy_tls_certificate_expiry_timestamp_seconds",
-                "notAfter of the served certificate (Unix time)",
-                value=self._cert_expiry,
-            )
+        expiry = GaugeMetricFamily(
+            "imapproxy_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate a listener serves (Unix time)",
+            labels=("listener",),
+        )
+        for name, value in sorted(self._cert_expiry.items()):
+            expiry.add_metric([name], value)
+        yield expiry
 
     def _bytes(self) -> Iterator[Metric]:
         with self._lock:

@@ -9,6 +9,26 @@ from ..config import UpstreamConfig
 
 log = logging.getLogger("imapproxy.tls")
 
+_SNI_ATTRIBUTE = "imapproxy_sni"
+"""Where :func:`_remember_sni` leaves the client's SNI name: on the connection's own
+``SSLObject`` (the context is shared by every session, so nothing is kept on it)."""
+
+
+def _remember_sni(
+    conn: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext
+) -> None:
+    """The server context's SNI callback: remember the name the client asked for (None
+    when it sent none, e.g. it connected to an IP address).  Returning None lets the
+    handshake go on with this context and certificate."""
+    setattr(conn, _SNI_ATTRIBUTE, name)
+
+
+def client_sni(conn: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The SNI name the client sent on a connection of a :func:`server_context` (an
+    A-label, ASCII, at most 255 bytes: OpenSSL and ``ssl`` check that), or None."""
+    name = getattr(conn, _SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
+
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """The client-facing side: our certificate, TLS 1.2 or newer."""
@@ -28,6 +48,7 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
             f"private key ({exc.reason or exc})"
         ) from None
     ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.sni_callback = _remember_sni  # for TlsInfo.sni (filters, the transcript)
     return ctx
 
 

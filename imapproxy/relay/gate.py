@@ -24,7 +24,9 @@ nothing more of the command, so the two legs can never be read differently.
 
 A refused command (:class:`Refuse`) never reaches the server: the relay sends the reply and
 settles the client decoder (a streamed ``{n}`` is then never sent by the client; a streamed
-``{n+}`` is read and discarded).  :class:`End` ends the session.
+``{n+}`` is read and discarded).  :class:`End` ends the session.  :class:`Wait`: a filter
+must wait before it decides (its hook returned an awaitable); the relay awaits it and
+:meth:`CommandGate.resume` gives the decision.
 
 Responses
 ---------
@@ -48,7 +50,7 @@ from ..filters.api import (
     SessionView,
     Verdict,
 )
-from ..filters.chain import SessionFilters, bye_line, local_reply
+from ..filters.chain import SessionFilters, Suspended, bye_line, local_reply
 from ..filters.views import command_view, inline_literals, literal_info, response_view
 from ..wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Side
 from ..wire.limits import Limits
@@ -96,7 +98,20 @@ class End:
     text: str
 
 
-Decision = Collect | Forward | Refuse | End
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A filter must wait before it decides (its hook returned an awaitable): the relay
+    awaits ``pending.awaitable`` (with a timeout) and calls :meth:`CommandGate.resume`
+    with the outcome, which gives the next decision.  Nothing of the command has gone
+    upstream; the client's next commands wait behind it."""
+
+    pending: Suspended
+    view: CommandView
+    parts: list[Frame]
+    streams: bool
+
+
+Decision = Collect | Forward | Refuse | End | Wait
 _HOLD, _OBSERVE, _SKIP = "hold", "observe", "skip"
 _MAX_MODES = 64
 # Commands that start an exchange once complete (SASL lines, IDLE, TLS, compression).
@@ -204,9 +219,27 @@ class CommandGate:
                             code="CLIENTBUG")  # fmt: skip
             return self._refused(view, reject, None)
         verdict, by = self.filters.command(view, self.session)
+        return self._decided(view, parts, streams, verdict, by)
+
+    def resume(self, wait: Wait, outcome: object) -> Decision:
+        """The relay awaited a suspended hook (:class:`Wait`): ``outcome`` is what it
+        returned or the exception it raised.  The chain goes on from the next filter."""
+        verdict, by = self.filters.resume_command(wait.pending, outcome, self.session)
+        return self._decided(wait.view, wait.parts, wait.streams, verdict, by)
+
+    def _decided(
+        self,
+        view: CommandView,
+        parts: list[Frame],
+        streams: bool,
+        verdict: Verdict | Suspended,
+        by: str | None,
+    ) -> Decision:
         if type(verdict) is Pass:
             segments = tuple(as_sync(p) for p in parts)
             return self._forward(view, segments, streams, replaced=False)
+        if type(verdict) is Suspended:
+            return Wait(verdict, view, parts, streams)
         if type(verdict) is Replace:
             try:
                 segments = segment_command(verdict.raw, view.tag, self.limits)
@@ -214,7 +247,7 @@ class CommandGate:
                 # a filter's bug, not the client's: fail closed
                 self.filters.report(by or "?", "command", exc)
                 return self._refused(view, Reject("filter failed", code="UNAVAILABLE"), by)
-            return self._forward(replace(view, raw=verdict.raw), segments, False, replaced=True)
+            return self._forward(view.with_raw(verdict.raw), segments, False, replaced=True)
         if type(verdict) is Reject or type(verdict) is Answer:
             return self._refused(view, verdict, by)
         if type(verdict) is Disconnect:
@@ -250,7 +283,9 @@ class CommandGate:
         self._size = 0
         self._shown = not frame.final
         view = self._view(parts, frame, streams=not frame.final)
-        self.filters.command(view, self.session)
+        verdict, _ = self.filters.command(view, self.session)
+        if type(verdict) is Suspended:  # (no filter decides about it: not waited for)
+            verdict.discard()
         self._sent[view.tag] = (view, self.clock())
 
     def _view(self, parts: list[Frame], last: Frame, *, streams: bool) -> CommandView:
@@ -358,6 +393,7 @@ __all__ = [
     "End",
     "Forward",
     "Refuse",
+    "Wait",
     "as_sync",
     "segment_command",
 ]

@@ -223,9 +223,9 @@ def test_fresh_proxy_every_series_at_zero_promtool_and_cert_expiry(
         assert s.get("imapproxy_build_info", version="0.1.0", python=_python()) == 1
         assert "process_resident_memory_bytes" in s.text
         cert = x509.load_pem_x509_certificate(tls_certs.cert_path.read_bytes())
-        assert s.get("imapproxy_tls_certificate_expiry_timestamp_seconds") == (
-            cert.not_valid_after_utc.timestamp()
-        )
+        for listener in listeners:
+            assert s.get("imapproxy_tls_certificate_expiry_timestamp_seconds",
+                         listener=listener) == cert.not_valid_after_utc.timestamp()  # fmt: skip
 
         client = RawClient.connect(p.plain_port)
         assert client.greeting.startswith(b"* BYE [UNAVAILABLE]"), client.greeting
@@ -338,13 +338,13 @@ def test_commands_by_result_latency_auth_and_sessions(
 def test_imapclient_implicit_tls_and_aborted_command(
     proxy: MetricsProxy, new_user: NewUser, tls_certs: TlsCerts
 ) -> None:
-    """imapclient over implicit TLS, then a raw client that drops the connection with a
-    command in progress: that command is counted ``aborted``."""
+    """imapclient over implicit TLS (AUTHENTICATE PLAIN, APPEND), then a raw client that
+    drops the connection in IDLE: that IDLE is counted ``aborted``."""
     user, password = new_user()
     before = proxy.scrape()
     with IMAPClient(TLS_NAME, port=proxy.tls_port, ssl=True, timeout=TIMEOUT,
                     ssl_context=tls_certs.client_context()) as client:  # fmt: skip
-        client.login(user, password)
+        client.plain_login(user, password)  # AUTHENTICATE PLAIN
         client.select_folder("INBOX")
         client.append("INBOX", b"Subject: hi\r\n\r\n" + b"x" * 5000 + b"\r\n")
         client.logout()
@@ -357,7 +357,9 @@ def test_imapclient_implicit_tls_and_aborted_command(
     assert delta(before, after, "imapproxy_client_connections_closed_total",
                  listener=proxy.tls, reason="logout") == 1  # fmt: skip
     assert delta(before, after, "imapproxy_auth_attempts_total", listener=proxy.tls,
-                 mechanism="LOGIN", result="success") == 1  # fmt: skip
+                 mechanism="PLAIN", result="success") == 1  # fmt: skip
+    assert delta(before, after, "imapproxy_commands_total", command="AUTHENTICATE",
+                 result="OK") == 1  # fmt: skip
 
     # An IDLE the client drops the connection in: counted aborted.
     raw = RawClient.connect(proxy.tls_port, tls_certs.client_context())
