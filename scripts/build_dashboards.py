@@ -164,9 +164,10 @@ def rows() -> list[tuple[str, list[Panel]]]:
                 stat(
                     "Certificate expires in",
                     "Time left on the served certificate (--cert), the soonest of the "
-                    "selected instances.",
+                    "selected instances and listeners.",
                     "dtdurations",
-                    f"min(imapproxy_tls_certificate_expiry_timestamp_seconds{sel()}) - time()",
+                    "min(imapproxy_tls_certificate_expiry_timestamp_seconds"
+                    f"{sel(listener=True)}) - time()",
                     thresholds=[(None, "red"), (3 * 86400, "orange"), (14 * 86400, "green")],
                 ),
             ],
