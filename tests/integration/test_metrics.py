@@ -468,6 +468,22 @@ def test_protocol_error_line_too_long(proxy: MetricsProxy) -> None:
                  reason="max_line_bytes") == 1  # fmt: skip
 
 
+def test_starttls_injection_discarded(proxy: MetricsProxy, tls_certs: TlsCerts) -> None:
+    """A command pipelined behind STARTTLS in the same write is discarded, and counted."""
+    before = proxy.scrape()
+    client = RawClient.connect(proxy.plain_port)
+    client.send(b"S1 STARTTLS\r\nX1 NOOP\r\n")
+    assert client.readline().startswith(b"S1 OK")
+    client.sock = tls_certs.client_context().wrap_socket(client.sock, server_hostname=TLS_NAME)
+    assert client.command(b"n1", b"NOOP")[-1].startswith(b"n1 OK")
+    client.command(b"n2", b"LOGOUT")
+    client.close()
+    after = closed(proxy, proxy.plain, "logout", before)
+    assert delta(before, after, "imapproxy_starttls_injections_total", side="client") == 1
+    assert delta(before, after, "imapproxy_commands_total", command="NOOP", result="OK") == 1
+    assert delta(before, after, "imapproxy_commands_total", command="STARTTLS", result="OK") == 1
+
+
 def test_no_user_mailbox_or_address_in_the_output(
     proxy: MetricsProxy, new_user: NewUser, dovecot: DovecotServer
 ) -> None:
