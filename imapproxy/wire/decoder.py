@@ -86,6 +86,15 @@ from .longlines import TAIL_KEEP, safe_cut
 
 __all__ = ["Decoder", "Hold"]
 
+# Enum members the per-frame path tests, as module constants: on CPython 3.11 looking a
+# member up on its class (Side.CLIENT) costs several times a global lookup.
+_CLIENT = Side.CLIENT
+_LINE = Mode.LINE
+_STREAM = Mode.STREAM
+_COMMAND = FrameKind.COMMAND
+_AUTH_DATA = FrameKind.AUTH_DATA
+_CONTINUATION = FrameKind.CONTINUATION
+
 
 class Decoder(Holds, Intake):
     """Frames one direction of an IMAP connection.
@@ -150,7 +159,7 @@ class Decoder(Holds, Intake):
     # ------------------------------------------------------------------ output
 
     def next_event(self) -> Event | Wait:
-        if self._mode is Mode.LINE and not self._discarding:
+        if self._mode is _LINE and not self._discarding:
             return self._next_line()  # the common case, one call deep
         if not self._discarding:
             return self._next_event()
@@ -160,9 +169,9 @@ class Decoder(Holds, Intake):
         if self._error is not None:
             raise self._error
         mode = self._mode
-        if mode is Mode.LINE:
+        if mode is _LINE:
             return self._next_line()
-        if mode is Mode.STREAM:
+        if mode is _STREAM:
             return self._next_chunk()
         if mode is Mode.HOLD or mode is Mode.TLS:
             return self._paused()
@@ -234,7 +243,7 @@ class Decoder(Holds, Intake):
                 frame = self._emit_part(end, final=False, literal=spec, streamed=True)
                 self._stream_remaining = size
                 if size:
-                    self._mode = Mode.STREAM
+                    self._mode = _STREAM
                 else:
                     self._continue_after_literal(self._pos)
                 return frame
@@ -275,14 +284,14 @@ class Decoder(Holds, Intake):
         self._first_part = True
         self._sensitive = False
         self._literals = 0
-        if self.side is Side.CLIENT:
+        if self.side is _CLIENT:
             self._number = None
             kind = self._next_line_kind
             self._kind = kind
-            if kind is not FrameKind.COMMAND:
+            if kind is not _COMMAND:
                 self._tag = self._hold_tag
                 self._name = kind.name
-                self._sensitive = kind is FrameKind.AUTH_DATA
+                self._sensitive = kind is _AUTH_DATA
                 return
             self._tag, name, known = command_head(self._buf, start, end)
             self._name = name
@@ -301,7 +310,7 @@ class Decoder(Holds, Intake):
             self._buf, start, end, self._greeting_pending
         )
         self._kind = kind
-        if kind is not FrameKind.CONTINUATION:
+        if kind is not _CONTINUATION:
             self._greeting_pending = False
 
     def _literal_at(self, line_start: int, text_end: int) -> LiteralSpec | None:
@@ -312,8 +321,9 @@ class Decoder(Holds, Intake):
         size, binary, nonsync_marker = found
         if size == OVERFLOW:
             self._fail("literal length overflow", limit="max_literal_bytes")
-        sync = self.side is Side.CLIENT and not nonsync_marker
-        if not self.authenticated and self.side is Side.CLIENT:
+        client = self.side is _CLIENT
+        sync = client and not nonsync_marker
+        if not self.authenticated and client:
             self._literals += 1
             if self._literals > self.limits.max_literals_unauthenticated:
                 text = "too many literals in one command before login"
@@ -333,7 +343,7 @@ class Decoder(Holds, Intake):
                 self._refuse_line(text_end, "[TOOBIG] literal too large", limit_name)
             self._fail("literal too large", limit=limit_name, toobig=True)
         if (
-            self.side is Side.CLIENT
+            client
             and nonsync_marker
             and self.max_nonsync_literal is not None
             and size > self.max_nonsync_literal
@@ -381,7 +391,7 @@ class Decoder(Holds, Intake):
         self._pos = self._part_start = self._line_start = self._scan = self._lit_end = end
         if final:
             self._in_message = False
-            if self.side is Side.CLIENT:
+            if self.side is _CLIENT:
                 self._after_message()
             if end >= COMPACT_AT or end == len(self._buf):
                 self._compact()
@@ -403,7 +413,7 @@ class Decoder(Holds, Intake):
         self._scan = self._lit_end
 
     def _continue_after_literal(self, at: int) -> None:
-        self._mode = Mode.LINE
+        self._mode = _LINE
         self._part_nonsync = False
         self._part_start = at
         self._line_start = at
