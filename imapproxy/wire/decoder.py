@@ -81,8 +81,8 @@ from .heads import command_head, names_credentials, response_head
 from .holds import Hold, Holds, Mode
 from .intake import COMPACT_AT, Intake
 from .limits import DEFAULT_LIMITS, Limits
-from .literals import LITERAL_KINDS, OVERFLOW, announced_literal
-from .longlines import TAIL_KEEP, safe_cut
+from .literals import LITERAL_KINDS, SIZE_OVERFLOW, announced_literal
+from .longlines import CUT_OVERFLOW, TAIL_KEEP, safe_cut
 
 __all__ = ["Decoder", "Hold"]
 
@@ -139,7 +139,7 @@ class Decoder(Holds, Intake):
     def in_message(self) -> bool:
         return self._in_message
 
-    # ------------------------------------------------- answers from the other side
+    # ------------------------------------------------------------------ STARTTLS
 
     def start_tls(self) -> bytes:
         """Switch to reading a fresh stream after STARTTLS: returns (and drops) bytes that
@@ -269,7 +269,7 @@ class Decoder(Holds, Intake):
         cut = line_start + limit - TAIL_KEEP
         if self._kind in LITERAL_KINDS:
             cut = safe_cut(self._buf, cut, line_start, self._part_start)
-            if cut == OVERFLOW:
+            if cut == CUT_OVERFLOW:
                 # "{" and more digits than max_line_bytes: no literal length looks like that
                 self._fail("literal length overflow", limit="max_literal_bytes")
         scan = self._scan
@@ -319,7 +319,7 @@ class Decoder(Holds, Intake):
         if found is None:
             return None
         size, binary, nonsync_marker = found
-        if size == OVERFLOW:
+        if size == SIZE_OVERFLOW:
             self._fail("literal length overflow", limit="max_literal_bytes")
         client = self.side is _CLIENT
         sync = client and not nonsync_marker

@@ -16,7 +16,7 @@ from .events import FrameKind
 # The kinds of frame whose lines may announce literals.
 LITERAL_KINDS = frozenset({FrameKind.COMMAND, FrameKind.DATA})
 # What announced_literal() gives as size for a number no literal can have.
-OVERFLOW = -1
+SIZE_OVERFLOW = -1
 # A literal announcement at the end of a line (the line without its CRLF), matched from
 # the line's last "{" (or the "~" before it).  number = 1*DIGIT (RFC 9051 §9): leading
 # zeros are legal; more than 20 significant digits is an overflow, rejected before int()
@@ -30,7 +30,7 @@ def announced_literal(
 ) -> tuple[int, bool, bool] | None:
     """The literal the line ``buf[line_start:text_end]`` (without its CRLF) announces at its
     end, as ``(size, binary, nonsync_marker)``; None if it announces none.  ``size`` is
-    :data:`OVERFLOW` for a number of more than 20 significant digits."""
+    :data:`SIZE_OVERFLOW` for a number of more than 20 significant digits."""
     brace = buf.rfind(b"{", line_start, text_end)
     if brace < 0:
         return None
@@ -40,5 +40,5 @@ def announced_literal(
         return None
     digits = m.group(2).lstrip(b"0") or b"0"
     if len(digits) > _MAX_LITERAL_DIGITS:
-        return OVERFLOW, False, False
+        return SIZE_OVERFLOW, False, False
     return int(digits), bool(m.group(1)), bool(m.group(3))

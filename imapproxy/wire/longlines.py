@@ -15,7 +15,7 @@ import re
 # announcement "~{<20 digits>+}" and CRLF fit (leading zeros beyond that: see safe_cut).
 TAIL_KEEP = 32
 # What safe_cut() gives for a "{" with more digits after it than a piece holds.
-OVERFLOW = -1
+CUT_OVERFLOW = -1
 # What may follow a cut if a literal announcement straddles it: the rest of "{digits+}",
 # then the line end.
 _ANNOUNCEMENT_REST = re.compile(rb"\{?[0-9]*\+?\}?\r?\n?")
@@ -26,7 +26,7 @@ def safe_cut(buf: bytes | bytearray, cut: int, line_start: int, part_start: int)
     literal announcement it would split: the "{" must stay in the line's kept tail to be
     found at the line end.  (A cut can split one only where the bytes after it could
     continue "{digits+}" up to the line end; in practice never.  The TAIL_KEEP + 1 bytes
-    after it must have arrived.)  Returns where to cut, or :data:`OVERFLOW` if the "{"
+    after it must have arrived.)  Returns where to cut, or :data:`CUT_OVERFLOW` if the "{"
     lies at or before ``part_start``: more digits than a whole piece, no literal length
     looks like that."""
     if not _ANNOUNCEMENT_REST.fullmatch(buf, cut, cut + TAIL_KEEP + 1):
@@ -41,5 +41,5 @@ def safe_cut(buf: bytes | bytearray, cut: int, line_start: int, part_start: int)
     if brace > line_start and buf[brace - 1] == 0x7E:  # "~{"
         brace -= 1
     if brace <= part_start:
-        return OVERFLOW
+        return CUT_OVERFLOW
     return brace

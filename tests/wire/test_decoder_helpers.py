@@ -11,9 +11,8 @@ import pytest
 
 from imapproxy.wire.events import FrameKind
 from imapproxy.wire.heads import command_head, first_word, names_credentials, response_head
-from imapproxy.wire.literals import OVERFLOW, announced_literal
-from imapproxy.wire.longlines import OVERFLOW as CUT_OVERFLOW
-from imapproxy.wire.longlines import TAIL_KEEP, safe_cut
+from imapproxy.wire.literals import SIZE_OVERFLOW, announced_literal
+from imapproxy.wire.longlines import CUT_OVERFLOW, TAIL_KEEP, safe_cut
 
 
 def _command(line: bytes) -> tuple[bytes | None, str, bool]:
@@ -137,7 +136,7 @@ def _announced(text: bytes) -> tuple[int, bool, bool] | None:
         (b"a1 X {007}", (7, False, False)),  # leading zeros are legal (1*DIGIT)
         (b"a1 X {" + b"0" * 60 + b"1}", (1, False, False)),
         (b"a1 X {" + b"9" * 20 + b"}", (10**20 - 1, False, False)),  # 20 digits: a size
-        (b"a1 X {" + b"1" * 21 + b"}", (OVERFLOW, False, False)),  # 21: overflow
+        (b"a1 X {" + b"1" * 21 + b"}", (SIZE_OVERFLOW, False, False)),  # 21: overflow
         (b"a1 X {5} y", None),  # not at the end
         (b"a1 X {}", None),
         (b"a1 X {5+1}", None),
