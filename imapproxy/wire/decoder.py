@@ -61,6 +61,11 @@ decoder holds at most ``inline_literal_bytes`` + one line being read (``max_line
 held bytes (``max_held_bytes``), plus the bytes of the last ``receive_data`` not yet looked
 at.  Larger literals are passed on as ``LiteralChunk`` events as the bytes arrive, longer
 server lines as oversize parts.
+
+Where the pieces are: this module is the framer; the buffer is :mod:`.intake`, the holds
+and the answers that release them :mod:`.holds` (both base classes of :class:`Decoder`),
+and the pure functions it calls are :mod:`.heads` (a message's tag, name, number),
+:mod:`.literals` (literal announcements) and :mod:`.longlines` (cutting long lines).
 """
 
 from __future__ import annotations
