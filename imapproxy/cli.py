@@ -18,7 +18,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
-from . import cli_certs, configfile, tail
+from . import cli_certs, cli_check, cli_config, configfile, tail
 from .cli_parsing import HelpFormatter, package_version, parse_args, subparser
 from .config import (
     Endpoint,
@@ -34,6 +34,7 @@ from .logsafe import MAX_DETAIL, safe
 from .metrics import MetricsServer, ProxyMetrics
 from .net.malloc import tune_malloc
 from .relay.server import Proxy
+from .settings import FileSettings
 from .upstream_check import check_upstream
 
 _TIMEOUTS = Timeouts()
@@ -48,9 +49,9 @@ def add_upstream_args(parser: argparse.ArgumentParser) -> None:
     """The upstream's flags (``run`` and ``check``)."""
     parser.add_argument(
         "--upstream",
-        required=True,
         metavar="HOST:PORT",
-        help="the IMAP server (e.g. imap.example.net:993, [::1]:143)",
+        help="the IMAP server (e.g. imap.example.net:993, [::1]:143); required unless the "
+        "config file has [upstream]",
     )
     parser.add_argument(
         "--upstream-tls",
@@ -230,13 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     check = subparser(
         sub,
         "check",
-        help="connect to the upstream once and report what it offers",
-        description="Connect to the upstream once, as a session would, and report its "
-        "greeting, TLS (version, certificate) and capabilities; exit 0 if it answers as "
-        "an IMAP server, else 1.",
+        help="validate a config file, or connect to the upstream once",
+        description="With --config: validate the file (each mistake named by its key "
+        "path, exit 2), warn about files it names that cannot be read yet, and print the "
+        "effective configuration as TOML.  With --upstream (or --connect): connect to the "
+        "upstream once, as a session would, and report its greeting, TLS (version, "
+        "certificate) and capabilities; exit 0 if it answers as an IMAP server, else 1.",
         common=common,
     )
     check.set_defaults(handler=_cmd_check)
+    check.add_argument("--config", metavar="FILE", help="the TOML configuration file to check")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="files the configuration names that cannot be read yet are errors, not warnings",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the configured upstream once and report what it offers",
+    )
     add_upstream_args(check)
 
     cli_certs.add_parser(
@@ -255,11 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def filters_from_args(args: argparse.Namespace) -> FilterChain:
+def filters_from_args(args: argparse.Namespace, file: FileSettings | None = None) -> FilterChain:
     """The configured filter chain: the config file's, then ``--transcript``'s."""
-    tables: list[dict[str, Any]] = []
-    if args.config:
-        tables += configfile.load_tables(args.config)
+    if file is None:
+        file = cli_config.load_file(args)
+    tables: list[dict[str, Any]] = [dict(t) for t in file.filters]
     if args.transcript:
         tables.append(
             {"use": "transcript", "name": "--transcript", "path": "-", "format": "text",
@@ -269,48 +283,25 @@ def filters_from_args(args: argparse.Namespace) -> FilterChain:
 
 
 def upstream_from_args(args: argparse.Namespace) -> UpstreamConfig:
-    return UpstreamConfig(
-        endpoint=Endpoint.parse(args.upstream),
-        tls=UpstreamTls(args.upstream_tls),
-        ca_file=args.upstream_ca,
-        insecure=args.upstream_insecure,
-        server_hostname=args.upstream_name,
-        keylog_file=getattr(args, "tls_keylog_upstream", None),
-    )
+    return cli_config.upstream_config(args, set(), FileSettings())
 
 
-def config_from_args(args: argparse.Namespace) -> ProxyConfig:
-    listeners = [ListenerConfig(Endpoint.parse(a), implicit_tls=False) for a in args.listen]
-    listeners += [ListenerConfig(Endpoint.parse(a), implicit_tls=True) for a in args.listen_tls]
-    if not listeners:  # logged once it listens (an error before is the only line)
-        listeners = [ListenerConfig(Endpoint.parse(DEFAULT_LISTEN), implicit_tls=False)]
-    upstream = upstream_from_args(args)
-    if not args.login_timeout > 0:  # also refuses NaN
-        raise ValueError(f"--login-timeout must be positive, not {args.login_timeout:g}")
-    if args.idle_timeout < 1800:
+def config_from_args(
+    args: argparse.Namespace, file: FileSettings | None = None, given: set[str] | None = None
+) -> ProxyConfig:
+    """The effective configuration: flags (``given``: the ones on the command line; None:
+    all of them) over the config file over the defaults."""
+    if file is None:
+        file = cli_config.load_file(args)
+    if given is None:
+        given = {dest for dest, value in vars(args).items() if value is not None}
+    config, _ = cli_config.proxy_config(args, given, file)
+    if config.timeouts.idle_authenticated < 1800:
         log.warning(
-            "--idle-timeout %.0f is below the 30 minutes RFC 9051 §5.4 requires", args.idle_timeout
+            "--idle-timeout %.0f is below the 30 minutes RFC 9051 §5.4 requires",
+            config.timeouts.idle_authenticated,
         )
-    return ProxyConfig(
-        listeners=tuple(listeners),
-        upstream=upstream,
-        cert_file=args.cert,
-        key_file=args.key,
-        require_tls_for_login=args.require_tls_for_login,
-        keylog_client=args.tls_keylog_client,
-        timeouts=Timeouts(
-            idle_authenticated=args.idle_timeout,
-            login_timeout=args.login_timeout,
-            answer_timeout=args.answer_timeout,
-            shutdown_drain=args.shutdown_drain,
-        ),
-        control_socket=args.control_socket,
-        session_limits=SessionLimits(
-            max_sessions=args.max_sessions,
-            max_sessions_per_address=args.max_sessions_per_address,
-            busy_poll=max(0.0, args.busy_poll_us) / 1e6,
-        ),
-    )
+    return config
 
 
 async def _run(proxy: Proxy, default_listener: bool = False) -> None:
@@ -331,15 +322,24 @@ async def _run(proxy: Proxy, default_listener: bool = False) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    chain = filters_from_args(args)
+    file = cli_config.load_file(args)
+    given = cli_config.given_flags(args.subparser, args.sub_argv)
+    if file.log_level and "log_level" not in given:
+        logging.getLogger().setLevel(file.log_level)
+    config, default_listener = cli_config.proxy_config(args, given, file)
+    if config.timeouts.idle_authenticated < 1800:
+        log.warning(
+            "the idle timeout %.0f s is below the 30 minutes RFC 9051 §5.4 requires",
+            config.timeouts.idle_authenticated,
+        )
+    chain = filters_from_args(args, file)
     metrics = server = None
-    at = args.metrics or (configfile.load_metrics(args.config) if args.config else None)
+    at = cli_config.metrics_address(args, file)
     if at is not None:
         registry = CollectorRegistry()  # the proxy's own, never the global one
         metrics = ProxyMetrics(registry)
         chain = metrics.observe(chain)
-        server = MetricsServer(Endpoint.parse(str(at)), registry)
+        server = MetricsServer(at, registry)
     proxy = Proxy(config, filters=chain, events=metrics)
     if args.check_upstream:
         report = trio.run(check_upstream, config)
@@ -350,7 +350,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server.start()  # a port in use: OSError, one line, exit 2
     tune_malloc()
     try:
-        trio.run(_run, proxy, not (args.listen or args.listen_tls))
+        trio.run(_run, proxy, default_listener)
     finally:
         if server is not None:
             server.close()
@@ -358,15 +358,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    upstream = upstream_from_args(args)
-    config = ProxyConfig(
-        # never opened: the check only connects to the upstream
-        listeners=(ListenerConfig(Endpoint.parse(DEFAULT_LISTEN), implicit_tls=False),),
-        upstream=upstream,
-    )
+    if not args.config and not args.upstream:
+        args.subparser.error("give --config FILE (to check it) or --upstream HOST:PORT")
+    if args.config:
+        config, status = _check_config(args)
+        if status or not args.connect:
+            return status
+    else:
+        config = ProxyConfig(
+            # never opened: the check only connects to the upstream
+            listeners=(ListenerConfig(Endpoint.parse(DEFAULT_LISTEN), implicit_tls=False),),
+            upstream=upstream_from_args(args),
+        )
     report = trio.run(check_upstream, config)
     print(report.text(), flush=True)
     return 0 if report.ok else 1
+
+
+def _check_config(args: argparse.Namespace) -> tuple[ProxyConfig, int]:
+    """Validate ``--config`` (a mistake raises: one line, exit 2) with the run defaults
+    and the check's own flags over it; print the effective configuration."""
+    file = cli_config.load_file(args)
+    run_args, _ = args.run_parser.parse_known_args([])
+    given = cli_config.given_flags(args.subparser, args.sub_argv)
+    for dest in given:
+        setattr(run_args, dest, getattr(args, dest))
+    config, _ = cli_config.proxy_config(run_args, given, file)
+    configfile.chain_from_tables([dict(t) for t in file.filters])  # each filter's options
+    problems = cli_check.file_problems(file, config)
+    for problem in problems:
+        print(f"{args.subparser.prog}: {'error' if args.strict else 'warning'}: {problem}",
+              file=sys.stderr)  # fmt: skip
+    text = cli_check.effective_toml(
+        config,
+        file.filters,
+        metrics=cli_config.metrics_address(run_args, file),
+        log_level=file.log_level or "INFO",
+    )
+    print(text, end="", flush=True)
+    return config, (2 if problems and args.strict else 0)
 
 
 def log_unraisable(unraisable: Any) -> None:
@@ -393,10 +423,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.debug:
         sys.unraisablehook = log_unraisable
+    all_argv = list(sys.argv[1:] if argv is None else argv)
+    # the subcommand's own arguments (what came after its name), to tell given flags
+    args.sub_argv = all_argv[all_argv.index(args.command) + 1 :]
     handler: Callable[[argparse.Namespace], int] = args.handler
     prog = args.subparser.prog
     try:
         return handler(args)
+    except cli_config.MissingUpstream as exc:
+        args.subparser.error(str(exc))  # (with the usage, like argparse's own)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError, ListenError an OSError
         # an operator's mistake: one line that names it, no usage block, no traceback
         if args.debug:

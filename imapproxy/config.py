@@ -168,16 +168,34 @@ class ProxyConfig:
     control_socket: str | None = None
     control_limits: ControlLimits = field(default_factory=ControlLimits)
 
+    def certificate(self, lc: ListenerConfig) -> tuple[str, str] | None:
+        """The (certificate, key) files a listener serves TLS with: its own, else the
+        proxy's; None when it does no TLS (a plain listener with ``starttls`` off, or no
+        certificate anywhere)."""
+        if not (lc.implicit_tls or lc.starttls):
+            return None
+        if lc.cert_file and lc.key_file:
+            return lc.cert_file, lc.key_file
+        if self.cert_file and self.key_file:
+            return self.cert_file, self.key_file
+        return None
+
     def __post_init__(self) -> None:
         if not self.listeners:
             raise ValueError("at least one listener is needed")
-        if any(lc.implicit_tls for lc in self.listeners) and not (self.cert_file and self.key_file):
-            raise ValueError("--listen-tls needs --cert and --key")
+        for lc in self.listeners:
+            if lc.implicit_tls and not self.certificate(lc):
+                raise ValueError(
+                    f"--listen-tls {lc.endpoint} needs --cert and --key (imapproxy certs "
+                    "init makes a development pair)"
+                )
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("--cert and --key go together")
-        if self.require_tls_for_login and not self.cert_file:
+        if self.require_tls_for_login and not any(
+            self.certificate(lc) for lc in self.listeners
+        ):
             raise ValueError("requiring TLS for login needs --cert and --key (for STARTTLS)")
-        if self.keylog_client and not self.cert_file:
+        if self.keylog_client and not any(self.certificate(lc) for lc in self.listeners):
             raise ValueError(
                 "--tls-keylog-client needs --cert and --key (without them no client "
                 "connection uses TLS)"

@@ -1,15 +1,13 @@
-"""The configuration file (TOML, ``imapproxy run --config FILE``).
-
-Today it holds the filter chain; flags on the command line still configure the rest (and
-win where both say something).  The shape is a contract: keys are added, never renamed::
+"""The filter chain of the configuration file (TOML, ``imapproxy run --config FILE``):
+the built-in filters and the chain built from the ``[[filters]]`` tables.  The file as a
+whole (listeners, upstream, limits, timeouts, metrics, ...) is read and checked by
+:mod:`imapproxy.settings`; flags on the command line win over it.  The shape is a
+contract: keys are added, never renamed::
 
     [[filters]]
     use = "transcript"
     path = "transcript.jsonl"        # "-" for stdout
     on_error = "open"
-
-and, at the top level, ``metrics = "HOST:PORT"`` (serve Prometheus metrics there; the
-``--metrics`` flag wins).
 
 Every mistake is one :class:`~imapproxy.filters.ConfigError` naming the key path
 (``filters[1].on_error: expected one of closed, open; got "opne"``).
@@ -17,14 +15,14 @@ Every mistake is one :class:`~imapproxy.filters.ConfigError` naming the key path
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .config import Endpoint
-from .filters.api import ConfigError, FilterMaker
+from .filters.api import FilterMaker
 from .filters.chain import FilterChain
 from .filters.registry import build_chain
 from .filters.rewrite import make_rewrite
@@ -35,9 +33,6 @@ BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
     "rewrite": make_rewrite,
 }
 
-_TOP_LEVEL = frozenset({"filters", "metrics"})
-
-
 @dataclass(frozen=True)
 class FileConfig:
     filters: FilterChain = field(default_factory=FilterChain)
@@ -45,33 +40,17 @@ class FileConfig:
 
 
 def load(path: str | Path, builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS) -> FileConfig:
-    return from_mapping(_read(path), builtins)
+    return from_mapping(settings.read(path), builtins)
 
 
 def load_tables(path: str | Path) -> list[dict[str, Any]]:
-    """The ``[[filters]]`` tables of a config file (checked: known keys, a list)."""
-    data = _read(path)
-    _check_top(data)
-    return list(data.get("filters", []))
+    """The ``[[filters]]`` tables of a config file (the whole file checked)."""
+    return [dict(t) for t in settings.load(path).filters]
 
 
 def load_metrics(path: str | Path) -> Endpoint | None:
     """The top-level ``metrics = "HOST:PORT"`` of a config file, if any."""
-    data = _read(path)
-    _check_top(data)
-    return _metrics(data)
-
-
-def _metrics(data: Mapping[str, Any]) -> Endpoint | None:
-    value = data.get("metrics")
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError("metrics", 'expected a string "HOST:PORT"')
-    try:
-        return Endpoint.parse(value)
-    except ValueError as exc:
-        raise ConfigError("metrics", str(exc)) from None
+    return settings.load(path).metrics
 
 
 def chain_from_tables(
@@ -80,33 +59,12 @@ def chain_from_tables(
     return build_chain(tables, builtins)
 
 
-def _read(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("", f"config file {p}: not found (give a TOML file)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"config file {p}: cannot read it: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"config file {p}: not valid TOML: {exc}") from None
-    return data
-
-
 def from_mapping(
     data: Mapping[str, Any], builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS
 ) -> FileConfig:
-    _check_top(data)
+    """The filter chain and metrics address of a parsed file (every key checked:
+    :mod:`imapproxy.settings` reads the rest)."""
+    file = settings.from_mapping(data)
     return FileConfig(
-        filters=build_chain(data.get("filters", []), builtins), metrics=_metrics(data)
+        filters=build_chain([dict(t) for t in file.filters], builtins), metrics=file.metrics
     )
-
-
-def _check_top(data: Mapping[str, Any]) -> None:
-    for key in data:
-        if key not in _TOP_LEVEL:
-            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(_TOP_LEVEL))})")
-    if not isinstance(data.get("filters", []), list):
-        raise ConfigError("filters", "expected an array of tables ([[filters]])")

@@ -153,7 +153,7 @@ def from_mapping(data: Mapping[str, Any], *, path: str | None = None) -> FileSet
     _keys(data, "", _TOP)
     out: dict[str, Any] = {"path": path}
     if "metrics" in data:
-        out["metrics"] = _endpoint(data["metrics"], "metrics")
+        out["metrics"] = _endpoint(data["metrics"], "metrics")  # "HOST:PORT"
     if "control_socket" in data:
         out["control_socket"] = _nonempty(data["control_socket"], "control_socket")
     if "logging" in data:
@@ -205,6 +205,8 @@ def from_mapping(data: Mapping[str, Any], *, path: str | None = None) -> FileSet
         out["timeouts"] = values
     if "filters" in data:
         filters = data["filters"]
+        if not isinstance(filters, list):
+            raise ConfigError("filters", "expected an array of tables ([[filters]])")
         for i, table in enumerate(filters):
             if not isinstance(table, dict):
                 raise ConfigError(f"filters[{i}]", "expected a table ([[filters]])")
@@ -283,12 +285,17 @@ def _keys(table: Any, path: str, allowed: Mapping[str, type | tuple[type, ...]])
         want = allowed[key]
         wants_number = want in (int, float, (int, float))
         if (isinstance(value, bool) and wants_number) or not isinstance(value, want):
-            raise ConfigError(where, f"expected {_type_name(want)}; got {value!r}")
+            hint = _HINTS.get(where, "")
+            raise ConfigError(where, f"expected {_type_name(want)}{hint}; got {value!r}")
+
+
+_HINTS = {"metrics": ' "HOST:PORT"', "control_socket": " (a path)"}
+_HINTS.update({f"{t}.address": ' "HOST:PORT"' for t in ("upstream",)})
 
 
 def _type_name(want: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             dict: "a table", list: "an array"}  # fmt: skip
+             dict: "a table", list: "an array of tables"}  # fmt: skip
     if isinstance(want, tuple):
         return "a number" if set(want) == {int, float} else " or ".join(names[t] for t in want)
     return names.get(want, want.__name__)

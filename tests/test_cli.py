@@ -229,7 +229,8 @@ def _error(*argv: str) -> str:
 
 def test_listen_tls_needs_cert_and_key(tls_certs: TlsCerts) -> None:
     tls = ["--listen-tls", "127.0.0.1:1993", *UP]
-    message = "--listen-tls needs --cert and --key"
+    message = ("--listen-tls 127.0.0.1:1993 needs --cert and --key (imapproxy certs init "
+               "makes a development pair)")
     assert _error(*tls) == message
     assert _error(*tls, "--cert", str(tls_certs.cert_path)) == message
     assert _error(*tls, "--key", str(tls_certs.key_path)) == message
@@ -265,7 +266,6 @@ def test_no_listener_gives_a_plain_loopback_listener(tls_certs: TlsCerts) -> Non
 @pytest.mark.parametrize(
     "argv",
     [
-        [*LISTEN],  # no --upstream
         [*LISTEN, *UP, "--upstream-tls", "maybe"],
         [*LISTEN, *UP, "--log-level", "TRACE"],
         [*LISTEN, *UP, "--max-sessions", "many"],
@@ -273,8 +273,7 @@ def test_no_listener_gives_a_plain_loopback_listener(tls_certs: TlsCerts) -> Non
         [*LISTEN, *UP, "--idle-timeout"],
         [*LISTEN, *UP, "--no-such-flag"],
     ],
-    ids=["no_upstream", "upstream_tls", "log_level", "max_sessions", "busy_poll", "no_value",
-         "unknown"],
+    ids=["upstream_tls", "log_level", "max_sessions", "busy_poll", "no_value", "unknown"],
 )  # fmt: skip
 def test_parser_refuses(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -305,8 +304,10 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
         (["run", "--listen", "nonsense", *UP], "bad address 'nonsense': expected HOST:PORT"),
         (["run", "--listen", "::1:143", *UP], "write IPv6 addresses as [ADDR]:PORT"),
         (["run", "--listen", "127.0.0.1:99999", *UP], "port out of range"),
-        (["run", "--listen-tls", "127.0.0.1:1993", *UP], "--listen-tls needs --cert and --key"),
+        (["run", "--listen-tls", "127.0.0.1:1993", *UP],
+         "--listen-tls 127.0.0.1:1993 needs --cert and --key"),
         (["run", *LISTEN, *UP, "--require-tls-for-login"], "requiring TLS for login needs"),
+        # (--upstream is required unless the config file has [upstream]: the run says so)
         (["run", *LISTEN], "the following arguments are required: --upstream"),
         (["run", *LISTEN, *UP, "--log-level", "TRACE"], "argument --log-level: invalid choice"),
         ([], "the following arguments are required: COMMAND"),

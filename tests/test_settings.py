@@ -101,7 +101,7 @@ def test_an_empty_file_says_nothing() -> None:
     ("text", "message"),
     [
         ('metric = "x"', "metric: unknown key (known: control_socket, filters, limits,"),
-        ("metrics = 9143", "metrics: expected a string; got 9143"),
+        ("metrics = 9143", "metrics: expected a string \"HOST:PORT\"; got 9143"),
         ('metrics = "http://127.0.0.1:9143"', "metrics: expected HOST:PORT, not a URL"),
         ('metrics = "localhost"', "metrics: bad address 'localhost': expected HOST:PORT"),
         ('[logging]\nlevel = "loud"', "logging.level: expected one of DEBUG, INFO, WARNING, "

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 
 import trio
 
@@ -105,6 +106,14 @@ class Proxy:
             if config.cert_file and config.key_file
             else None
         )
+        # each listener's TLS (its own certificate, else the proxy's; None: plain only)
+        self.listener_ssl: dict[ListenerConfig, ssl.SSLContext | None] = {}
+        contexts = {(config.cert_file, config.key_file): self.server_ssl}
+        for lc in config.listeners:
+            pair = config.certificate(lc)
+            if pair is not None and pair not in contexts:
+                contexts[pair] = server_context(*pair, config.keylog_client)
+            self.listener_ssl[lc] = None if pair is None else contexts[pair]
         up = config.upstream
         self.upstream_ssl = upstream_context(up) if up.tls is not UpstreamTls.NONE else None
         window = config.session_limits.busy_poll
@@ -155,7 +164,7 @@ class Proxy:
                 "implicit TLS"
                 if lc.implicit_tls
                 else "plain/STARTTLS"
-                if self.server_ssl
+                if self.listener_ssl[lc]
                 else "plain",
             )
 
@@ -266,7 +275,7 @@ class Proxy:
             peer=peer,
             listener=lc,
             config=self.config,
-            server_ssl=self.server_ssl,
+            server_ssl=self.listener_ssl[lc],
             upstream_ssl=self.upstream_ssl,
             filters=self.filters,
             filter_errors=self.filter_errors,
@@ -290,8 +299,9 @@ class Proxy:
         bye = f"* BYE [UNAVAILABLE] {text}\r\n".encode()
         with trio.move_on_after(self.config.timeouts.farewell):
             try:
-                if lc.implicit_tls and self.server_ssl is not None:
-                    out = trio.SSLStream(stream, self.server_ssl, server_side=True)
+                context = self.listener_ssl[lc]
+                if lc.implicit_tls and context is not None:
+                    out = trio.SSLStream(stream, context, server_side=True)
                     await out.do_handshake()
                 await out.send_all(bye)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
