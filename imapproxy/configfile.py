@@ -22,11 +22,13 @@ from typing import Any
 
 from .filters.api import ConfigError, FilterMaker
 from .filters.chain import FilterChain
+from .filters.policy import make_policy
 from .filters.registry import build_chain
 from .filters.transcript import make_transcript
 
 BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
     "transcript": make_transcript,
+    "policy": make_policy,
 }
 
 _TOP_LEVEL = frozenset({"filters"})

@@ -1,0 +1,501 @@
+"""The policy filter's rules: parsing and validating them, and matching them against the
+parsed, normalised command (never its spelling).
+
+What a command *does* is described as a tuple of operations ``(name, uid, mailboxes)``:
+``SELECT Finance`` is ``("SELECT", False, ("Finance",))``; ``UID MOVE 1 Archive`` in the
+selected mailbox ``INBOX`` is MOVE into Archive and also what MOVE is made of (RFC 6851):
+``UID COPY`` into Archive, ``UID FETCH`` (it reads), ``UID STORE`` and ``UID EXPUNGE`` in
+``INBOX``.  CLOSE expunges; an APPEND with CATENATE reads the mailboxes its URLs name.  A
+command that names no mailbox acts on the selected one (FETCH, STORE, SEARCH, EXPUNGE,
+and any command the proxy does not know), except the few that concern the session only.
+
+Mailbox names are compared decoded and canonical: modified UTF-7 *and* UTF-8 both tried
+(so a pipelined ``ENABLE UTF8=ACCEPT`` cannot change what a name means to a rule),
+``INBOX`` in any case (also as the first level: ``inbox.Sub`` is ``INBOX.Sub``), runs of
+the hierarchy delimiter collapsed and a trailing one dropped.  A name the proxy cannot read
+(in a literal too large to hold) is :data:`UNKNOWN`: every restricting rule's mailbox
+pattern matches it, no ``allow`` pattern does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from ..wire.tokens import Atom, LiteralRef, ParenList, Token, string_value
+from .api import CommandView, ConfigError, SessionInfo
+from .ratelimit import Rate, parse_rate
+from .views import MAILBOX_ARGUMENTS, decode_mailbox
+
+ALLOW, DENY, READ_ONLY, HIDE = "allow", "deny", "read-only", "hide"
+ACTIONS = (ALLOW, DENY, READ_ONLY, HIDE)
+UNKNOWN = "\x00unknown mailbox"  # a name that could not be read (see the module docstring)
+
+# Commands that name mailboxes, beyond views.MAILBOX_ARGUMENTS (which is the lead's):
+# REPLACE (RFC 8508) names its target after the sequence set.
+_EXTRA_MAILBOX_ARGUMENTS: dict[str, tuple[int, ...]] = {"REPLACE": (1,)}
+MAILBOX_POSITIONS: dict[str, tuple[int, ...]] = {**MAILBOX_ARGUMENTS, **_EXTRA_MAILBOX_ARGUMENTS}
+# Commands whose arguments are IMAP URLs naming mailboxes (RFC 4467 URLAUTH).
+URL_COMMANDS = frozenset({"URLFETCH", "GENURLAUTH", "RESETKEY"})
+# Commands about the session, not a mailbox: no operand, even with a mailbox selected.
+SESSION_COMMANDS = frozenset({
+    "CAPABILITY", "NOOP", "LOGOUT", "IDLE", "ID", "ENABLE", "NAMESPACE", "LIST", "LSUB",
+    "XLIST", "LOGIN", "AUTHENTICATE", "STARTTLS", "COMPRESS", "GETQUOTA", "SETQUOTA",
+    "NOTIFY", "UNAUTHENTICATE", "LANGUAGE", "DONE",
+})  # fmt: skip
+# What a command is made of (the implied operations, on which mailbox): MOVE is COPY +
+# STORE \Deleted + EXPUNGE (RFC 6851) and reads its messages; COPY reads them; CLOSE
+# expunges; REPLACE (RFC 8508) is APPEND + STORE + EXPUNGE; an APPEND may read through
+# CATENATE URLs.  "dest": the named mailbox; "selected": the selected one; "urls": the
+# mailboxes URLs name.
+IMPLIED: dict[str, tuple[tuple[str, str], ...]] = {
+    "MOVE": (("COPY", "dest"), ("FETCH", "selected"), ("STORE", "selected"),
+             ("EXPUNGE", "selected")),
+    "COPY": (("FETCH", "selected"),),
+    "CLOSE": (("EXPUNGE", "selected"),),
+    "REPLACE": (("APPEND", "dest"), ("STORE", "selected"), ("EXPUNGE", "selected")),
+    "APPEND": (("FETCH", "urls"),),
+    "URLFETCH": (("FETCH", "urls"),),
+    "GENURLAUTH": (("FETCH", "urls"),),
+}  # fmt: skip
+# Names whose operations include a given name (to know which commands a rule may decide).
+IMPLIED_BY: dict[str, frozenset[str]] = {}
+for _outer, _parts in IMPLIED.items():
+    for _inner, _ in _parts:
+        IMPLIED_BY[_inner] = IMPLIED_BY.get(_inner, frozenset()) | {_outer}
+
+# read-only allows exactly these (anything else changes something, or might: an unknown
+# command is refused).  SELECT is let through as EXAMINE.  CLOSE is harmless once every
+# SELECT became EXAMINE (a read-only mailbox is not expunged on CLOSE).
+READ_COMMANDS = frozenset({
+    "CAPABILITY", "NOOP", "LOGOUT", "IDLE", "ID", "ENABLE", "NAMESPACE", "LIST", "LSUB",
+    "XLIST", "LOGIN", "AUTHENTICATE", "STARTTLS", "COMPRESS", "UNAUTHENTICATE", "LANGUAGE",
+    "SELECT", "EXAMINE", "STATUS", "FETCH", "SEARCH", "SORT", "THREAD", "ESEARCH", "CHECK",
+    "CLOSE", "UNSELECT", "GETACL", "MYRIGHTS", "LISTRIGHTS", "GETQUOTA", "GETQUOTAROOT",
+    "GETMETADATA", "NOTIFY", "URLFETCH",
+})  # fmt: skip
+
+Op = tuple[str, bool, tuple[str, ...]]  # (name, uid, mailbox candidates)
+
+
+# ----------------------------------------------------------------------------- mailboxes
+
+
+def canonical(name: str, delimiter: str) -> str:
+    """A decoded mailbox name as rules compare it (see the module docstring)."""
+    if delimiter:
+        double = delimiter + delimiter
+        if double in name:
+            while double in name:
+                name = name.replace(double, delimiter)
+        if len(name) > 1 and name.endswith(delimiter):
+            name = name[: -len(delimiter)]
+    if (
+        len(name) >= 5
+        and name[:5] != "INBOX"
+        and name[:5].upper() == "INBOX"
+        and (len(name) == 5 or name[5:].startswith(delimiter))
+    ):
+        name = "INBOX" + name[5:]
+    return name
+
+
+def candidates(raw: bytes, delimiter: str) -> tuple[str, ...]:
+    """The names ``raw`` may mean to the server: modified UTF-7 and UTF-8 decoded
+    (one name for plain ASCII without ``&``)."""
+    if b"&" not in raw and raw.isascii():
+        return (canonical(raw.decode("ascii"), delimiter),)
+    a = canonical(decode_mailbox(raw, utf8=False), delimiter)
+    b = canonical(decode_mailbox(raw, utf8=True), delimiter)
+    return (a,) if a == b else (a, b)
+
+
+def _mailbox_token(token: Token, delimiter: str) -> tuple[str, ...]:
+    if isinstance(token, LiteralRef):
+        return (UNKNOWN,)
+    value = string_value(token)
+    if value is None:
+        return ()
+    return candidates(value, delimiter)
+
+
+_URL_MAILBOX = re.compile(rb"^(?:imap://[^/]*)?/([^;?]*)", re.IGNORECASE)
+
+
+def url_mailboxes(url: bytes, delimiter: str, selected: tuple[str, ...]) -> tuple[str, ...]:
+    """The mailbox an IMAP URL (RFC 5092) names, as candidates; a relative URL (``;UID=1``)
+    names the selected mailbox; anything unreadable is UNKNOWN."""
+    if url.startswith(b";"):
+        return selected or (UNKNOWN,)
+    m = _URL_MAILBOX.match(url)
+    if m is None:
+        return (UNKNOWN,)
+    path = m.group(1)
+    if path.endswith(b"/"):
+        path = path[:-1]
+    if not path:
+        return (UNKNOWN,)
+    return candidates(unquote_to_bytes(path), delimiter)
+
+
+def _catenate_urls(args: Sequence[Token]) -> list[bytes]:
+    """The URLs of APPEND ... CATENATE (URL "..." TEXT {n} ...) parts (RFC 4469)."""
+    urls: list[bytes] = []
+    for i, token in enumerate(args):
+        if isinstance(token, Atom) and token.value.upper() == "CATENATE" and i + 1 < len(args):
+            parts = args[i + 1]
+            if isinstance(parts, ParenList):
+                items = parts.items
+                for j in range(len(items) - 1):
+                    if isinstance(items[j], Atom) and items[j].value.upper() == "URL":  # type: ignore[union-attr]
+                        value = string_value(items[j + 1])
+                        urls.append(value if value is not None else b"")
+    return urls
+
+
+def command_ops(cmd: CommandView, selected: tuple[str, ...], delimiter: str) -> tuple[Op, ...]:
+    """What ``cmd`` does, as operations (see the module docstring).  ``selected`` are the
+    names the selected mailbox may have (more than one while a SELECT is in flight)."""
+    name = cmd.name
+    uid = cmd.uid
+    positions = MAILBOX_POSITIONS.get(name)
+    named: tuple[str, ...] = ()
+    if positions is not None:
+        args = cmd.args
+        if name == "GETMETADATA" and args and isinstance(args[0], ParenList):
+            args = args[1:]
+        found: list[str] = []
+        for i in positions:
+            if i < len(args):
+                found.extend(_mailbox_token(args[i], delimiter))
+            elif not cmd.complete:
+                found.append(UNKNOWN)  # not read before the decision
+        named = tuple(found)
+    urls: tuple[str, ...] = ()
+    if name == "APPEND" or name in URL_COMMANDS:
+        raw_urls = (
+            _catenate_urls(cmd.args)
+            if name == "APPEND"
+            else [v for a in cmd.args if (v := string_value(a)) is not None]
+        )
+        if raw_urls:
+            urls = tuple(m for u in raw_urls for m in url_mailboxes(u, delimiter, selected))
+    if positions is not None:
+        own = named  # COPY/MOVE: the destination; the source is in the implied operations
+    elif name in SESSION_COMMANDS or name in URL_COMMANDS:
+        own = urls
+    else:
+        own = selected
+    ops: list[Op] = [(name, uid, own)]
+    for inner, where in IMPLIED.get(name, ()):
+        boxes = named if where == "dest" else selected if where == "selected" else urls
+        if where == "urls" and not boxes:
+            continue
+        ops.append((inner, uid, boxes))
+    return tuple(ops)
+
+
+# ----------------------------------------------------------------------------- patterns
+
+
+def _glob_regex(pattern: str, delimiter: str) -> str:
+    """``*`` anything, ``%`` anything but the delimiter (as in IMAP LIST); ``X/*`` (the
+    delimiter, then ``*``) also covers ``X`` itself."""
+    pattern = canonical(pattern, delimiter)
+    parent = ""
+    if delimiter and pattern.endswith(delimiter + "*") and len(pattern) > 2:
+        parent = re.escape(pattern[: -1 - len(delimiter)])
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append(f"[^{re.escape(delimiter)}]*" if delimiter else ".*")
+        else:
+            out.append(re.escape(ch))
+    body = "".join(out)
+    return f"(?:{body}|{parent})" if parent else body
+
+
+def compile_mailboxes(patterns: Sequence[str], delimiter: str) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{_glob_regex(p, delimiter)})" for p in patterns) + r"\Z",
+                      re.DOTALL)  # fmt: skip
+
+
+def compile_users(patterns: Sequence[str]) -> re.Pattern[str]:
+    """Globs on the user name, case-insensitive (servers commonly fold the case of login
+    names: ``Intern1`` must not get past ``intern*``)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns), re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ``[[filters.rules]]`` entry, parsed.  ``None`` conditions always hold."""
+
+    name: str
+    commands: frozenset[str] | None  # "FETCH" (any UID form) or "UID FETCH" (only that)
+    users: re.Pattern[str] | None
+    clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+    tls: bool | None
+    listeners: frozenset[str] | None
+    mailboxes: re.Pattern[str] | None
+    size_over: int | None
+    action: str | None  # None for a rate rule
+    code: str
+    text: str
+    rate: Rate | None = None
+    per: str = "user"  # or "client": whose bucket a rate rule takes from
+    delay: float = 0.0  # seconds a refused login waits (rate rules on logins)
+
+    # -- conditions fixed for a session (client, listener) or a login (user, TLS)
+
+    def applies_to_session(self, info: SessionInfo) -> bool:
+        if self.clients is not None and not _in_networks(info.client_host, self.clients):
+            return False
+        return self.listeners is None or _listener_matches(info.listener, self.listeners)
+
+    def applies_to_state(self, user: str | None, tls: bool) -> bool:
+        if self.tls is not None and self.tls != tls:
+            return False
+        return self.users is None or (user is not None and self.users.match(user) is not None)
+
+    # -- per command
+
+    def command_names(self) -> frozenset[str] | None:
+        """Command names (without UID) this rule can match, implied ones included."""
+        if self.commands is None:
+            return None
+        base = {c[4:] if c.startswith("UID ") else c for c in self.commands}
+        out = set(base)
+        for c in base:
+            out |= IMPLIED_BY.get(c, frozenset())
+        return frozenset(out)
+
+    def op_matches(self, op: Op) -> bool:
+        """A restricting rule (deny, hide, read-only, rate) on one operation: the command
+        condition holds, and one of its mailboxes (any reading of it) matches."""
+        commands = self.commands
+        if commands is not None:
+            name, uid, _ = op
+            if name not in commands and not (uid and "UID " + name in commands):
+                return False
+        pattern = self.mailboxes
+        if pattern is None:
+            return True
+        return any(m is UNKNOWN or pattern.match(m) is not None for m in op[2])
+
+    def matches_restricting(self, ops: tuple[Op, ...], size: int) -> bool:
+        if self.size_over is not None and size <= self.size_over:
+            return False
+        return any(self.op_matches(op) for op in ops)
+
+    def matches_allow(self, ops: tuple[Op, ...], size: int) -> bool:
+        """An allow rule only on the command itself (not what it implies), and only when
+        every mailbox it touches, read every way, matches."""
+        if self.size_over is not None and size <= self.size_over:
+            return False
+        name, uid, _ = ops[0]
+        commands = self.commands
+        if (
+            commands is not None
+            and name not in commands
+            and not (uid and "UID " + name in commands)
+        ):
+            return False
+        pattern = self.mailboxes
+        if pattern is None:
+            return True
+        boxes = [m for op in ops for m in op[2]]
+        return bool(boxes) and all(m is not UNKNOWN and pattern.match(m) for m in boxes)
+
+
+def _in_networks(host: str, networks: Sequence[Any]) -> bool:
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
+def _listener_matches(listener: str, names: frozenset[str]) -> bool:
+    """``imap@127.0.0.1:1143`` is matched by itself, by ``imap`` and by ``127.0.0.1:1143``."""
+    kind, _, address = listener.partition("@")
+    return listener in names or kind in names or address in names
+
+
+# ----------------------------------------------------------------------------- parsing
+
+_RULE_KEYS = frozenset({"name", "match", "action", "code", "text", "rate", "per", "delay"})
+_MATCH_KEYS = frozenset({"command", "user", "client", "tls", "listener", "mailbox", "size_over"})
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.-]*\Z")
+_COMMAND = re.compile(r"(?:UID )?[A-Z][A-Z0-9.-]*\Z")
+DEFAULT_TEXT = {
+    DENY: "not allowed",
+    HIDE: "Mailbox doesn't exist",
+    READ_ONLY: "read-only access",
+    "rate": "too many commands, slow down",
+}
+DEFAULT_CODE = {DENY: "NOPERM", HIDE: "NONEXISTENT", READ_ONLY: "NOPERM", "rate": "LIMIT"}
+MAX_DELAY = 60.0  # seconds; a refused login waits at most this (and the filter hook timeout)
+
+
+def _got(value: Any) -> str:
+    """A configured value as the error shows it (as in TOML: strings in double quotes)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _strings(value: Any, path: str, what: str) -> list[str]:
+    """A string or a non-empty list of strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) and x for x in items):
+        raise ConfigError(path, f"expected {what} or a non-empty list of them; got {_got(value)}")
+    return items
+
+
+def _unknown(table: Mapping[str, Any], known: frozenset[str], path: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
+    if not isinstance(table, Mapping):
+        raise ConfigError(path, f"expected a table ([[filters.rules]]); got {_got(table)}")
+    _unknown(table, _RULE_KEYS, path)
+    name = table.get("name", f"rules[{index}]")
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise ConfigError(
+            f"{path}.name", f"expected a non-empty printable string; got {_got(name)}"
+        )
+    match = table.get("match", {})
+    if not isinstance(match, Mapping):
+        raise ConfigError(
+            f"{path}.match", f"expected a table ({{ user = ... }}); got {_got(match)}"
+        )
+    _unknown(match, _MATCH_KEYS, f"{path}.match")
+    mpath = f"{path}.match"
+
+    commands: frozenset[str] | None = None
+    if "command" in match:
+        given = _strings(match["command"], f"{mpath}.command", "a command name")
+        names = [" ".join(c.upper().split()) for c in given]
+        for c in names:
+            if not _COMMAND.match(c):
+                raise ConfigError(f"{mpath}.command", f"not a command name: {_got(c)}")
+        commands = frozenset(names)
+    users = None
+    if "user" in match:
+        users = compile_users(_strings(match["user"], f"{mpath}.user", "a user glob"))
+    clients = None
+    if "client" in match:
+        nets = []
+        for c in _strings(match["client"], f"{mpath}.client", "a CIDR"):
+            try:
+                nets.append(ipaddress.ip_network(c, strict=False))
+            except ValueError:
+                raise ConfigError(f"{mpath}.client",
+                                  f"not an address or CIDR: {_got(c)}") from None  # fmt: skip
+        clients = tuple(nets)
+    tls = match.get("tls")
+    if tls is not None and not isinstance(tls, bool):
+        raise ConfigError(f"{mpath}.tls", f"expected true or false; got {_got(tls)}")
+    listeners = None
+    if "listener" in match:
+        listeners = frozenset(_strings(match["listener"], f"{mpath}.listener",
+                                       "a listener name or address"))  # fmt: skip
+    mailboxes = None
+    if "mailbox" in match:
+        mailboxes = compile_mailboxes(
+            _strings(match["mailbox"], f"{mpath}.mailbox", "a mailbox glob"), delimiter
+        )
+    size_over = match.get("size_over")
+    if size_over is not None and (
+        isinstance(size_over, bool) or not isinstance(size_over, int) or size_over < 0
+    ):
+        raise ConfigError(
+            f"{mpath}.size_over", f"expected a number of bytes; got {_got(size_over)}"
+        )
+
+    rate = None
+    if "rate" in table:
+        if not isinstance(table["rate"], str):
+            raise ConfigError(
+                f"{path}.rate", f'expected a string like "20/s"; got {_got(table["rate"])}'
+            )
+        try:
+            rate = parse_rate(table["rate"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}.rate", f"{exc}; got {_got(table['rate'])}") from None
+    action = table.get("action")
+    if action is None and rate is None:
+        raise ConfigError(f"{path}.action", f"required (one of {', '.join(ACTIONS)}), or a rate")
+    if action is not None and action not in ACTIONS:
+        raise ConfigError(
+            f"{path}.action", f"expected one of {', '.join(ACTIONS)}; got {_got(action)}"
+        )
+    if action is not None and rate is not None:
+        raise ConfigError(f"{path}.rate", "a rule has an action or a rate, not both")
+    if action == HIDE and (mailboxes is None or commands is not None or size_over is not None):
+        raise ConfigError(
+            f"{path}.match", "a hide rule names mailboxes (match.mailbox) and no command or size"
+        )
+    for key in ("per", "delay"):
+        if key in table and rate is None:
+            raise ConfigError(f"{path}.{key}", "only for a rule with a rate")
+    kind = action or "rate"
+    code = table.get("code", DEFAULT_CODE.get(kind, "NOPERM"))
+    if not isinstance(code, str) or not _CODE.match(code):
+        raise ConfigError(
+            f"{path}.code", f"expected a response code such as NOPERM; got {_got(code)}"
+        )
+    text = table.get("text", DEFAULT_TEXT.get(kind, "not allowed"))
+    if not isinstance(text, str) or not text.strip() or not text.isprintable():
+        raise ConfigError(f"{path}.text", f"expected a printable one-line text; got {_got(text)}")
+    logins = commands is not None and all(c in ("LOGIN", "AUTHENTICATE") for c in commands)
+    per = table.get("per", "client" if logins else "user")
+    if per not in ("user", "client"):
+        raise ConfigError(f"{path}.per", f"expected one of user, client; got {_got(per)}")
+    delay = table.get("delay", 1.0 if logins else 0.0)
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, (int, float))
+        or not (0 <= delay <= MAX_DELAY)
+    ):
+        raise ConfigError(
+            f"{path}.delay", f"expected seconds from 0 to {MAX_DELAY:g}; got {_got(delay)}"
+        )
+    return Rule(name, commands, users, clients, tls, listeners, mailboxes, size_over, action,
+                code.upper(), " ".join(text.split()), rate, per, float(delay))  # fmt: skip
+
+
+__all__ = [
+    "ACTIONS",
+    "ALLOW",
+    "DENY",
+    "HIDE",
+    "READ_COMMANDS",
+    "READ_ONLY",
+    "UNKNOWN",
+    "Op",
+    "Rule",
+    "candidates",
+    "canonical",
+    "command_ops",
+    "compile_mailboxes",
+    "parse_rule",
+    "url_mailboxes",
+]
