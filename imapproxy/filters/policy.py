@@ -85,6 +85,8 @@ DEFAULT_EXEMPT = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "LOGIN",
 _LOGINS = frozenset({"LOGIN", "AUTHENTICATE"})
 _LIST_RESPONSES = frozenset({"LIST", "LSUB", "XLIST"})
 _COMPLETIONS = frozenset({"OK", "NO", "BAD"})
+_SELECTS = frozenset({"SELECT", "EXAMINE"})
+_MAX_SELECTING = 64  # SELECT/EXAMINE in flight at once, per session (pipelined)
 _MAX_NAMES = 64  # command names remembered per session (clients choose them: bounded)
 DEFAULT_MAX_BUCKETS = 100_000  # rate buckets kept process-wide (~200 B each: ~20 MB)
 DEFAULT_DENIED = Reject("not allowed", status="NO", code="NOPERM")
@@ -107,6 +109,13 @@ class PolicyFactory:
         self.store = store if store is not None else BucketStore(DEFAULT_MAX_BUCKETS)
         self.decided = _decided(rules, self.default_deny)
         self.track_selected = any(r.mailboxes is not None for r in rules)
+        # SELECT and EXAMINE are watched (not held) to know which mailbox a pipelined
+        # command acts on
+        self.wanted = (
+            self.decided | {"SELECT", "EXAMINE"}
+            if self.track_selected and self.decided is not None
+            else self.decided
+        )
         wants: set[str] = set()
         if any(r.action == HIDE for r in rules):
             wants |= _LIST_RESPONSES
@@ -130,7 +139,7 @@ class PolicyFilter(Filter):
         self.factory = factory
         self.info = info
         self.name = "policy"
-        self.wants_commands = factory.decided
+        self.wants_commands = factory.wanted
         self.wants_responses = factory.wants_responses
         # (index, rule) of the rules that hold for this client and listener
         self._session_rules = tuple(
@@ -188,16 +197,20 @@ class PolicyFilter(Filter):
             # the relay asks before a small literal comes: decided once the command is whole
             return PASS
         rules = self._rules_for(cmd.name, session)
-        if not rules and not self.factory.default_deny:
-            return PASS
-        ops = command_ops(cmd, self._selected(session), self.factory.delimiter)
-        verdict = self._evaluate(cmd, ops, rules, session)
-        if (
-            self.factory.track_selected
-            and cmd.name in ("SELECT", "EXAMINE")
-            and type(verdict) is not Reject
-        ):
-            self._selecting[cmd.tag] = ops[0][2]
+        factory = self.factory
+        if rules or factory.default_deny:
+            ops = command_ops(cmd, self._selected(session), factory.delimiter)
+            verdict = self._evaluate(cmd, ops, rules, session)
+        else:
+            ops = None
+            verdict = PASS
+        if factory.track_selected and cmd.name in _SELECTS and type(verdict) is not Reject:
+            if ops is None:
+                ops = command_ops(cmd, (), factory.delimiter)
+            if len(self._selecting) < _MAX_SELECTING:
+                self._selecting[cmd.tag] = ops[0][2]
+            else:  # (a client that pipelines this many SELECTs: refused, not forgotten)
+                return self._block_selects(cmd)
         return verdict
 
     def _evaluate(
@@ -227,7 +240,10 @@ class PolicyFilter(Filter):
                     return self._block(rule, cmd, "over its rate")
                 continue
             if action == READ_ONLY:
-                if any(op[0] not in READ_COMMANDS and rule.op_matches(op) for op in ops):
+                # (CLOSE expunges only a mailbox opened read-write: every SELECT that
+                # matched a read-only rule went as EXAMINE)
+                changes = ops[:1] if ops[0][0] == "CLOSE" else ops
+                if any(op[0] not in READ_COMMANDS and rule.op_matches(op) for op in changes):
                     return self._block(rule, cmd, "would change something")
                 if ops[0][0] == "SELECT" and rule.op_matches(ops[0]):
                     replacement = Replace(examine(cmd))
@@ -244,6 +260,10 @@ class PolicyFilter(Filter):
         self.name = "policy/" + rule.name
         log.info("session %s: policy rule %s: %s %s", self.info.id, rule.name, cmd.full_name, why)
         return Reject(rule.text, status="NO", code=rule.code)
+
+    def _block_selects(self, cmd: CommandView) -> Reject:
+        log.info("session %s: policy: too many SELECTs in flight", self.info.id)
+        return Reject("too many commands in flight", status="NO", code="LIMIT")
 
     # ------------------------------------------------------------------ responses
 
