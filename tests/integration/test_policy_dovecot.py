@@ -178,8 +178,10 @@ async def test_bypass_battery_leaves_dovecot_unchanged(
             for i, text in enumerate(IN_INBOX):
                 reply = await client.command(b"i%d" % (i + 1), text)
                 assert reply[-1].startswith(b"i%d NO [NOPERM]" % (i + 1)), (text, reply)
-            # pipelined in one write: another mailbox selected, then INBOX, then EXPUNGE
-            # (decided before Dovecot has answered the SELECTs)
+            # Other selected; then, pipelined in one write, SELECT INBOX and changes
+            # (decided before Dovecot has answered the SELECT)
+            reply = await client.command(b"p0", b"SELECT Other")
+            assert reply[-1].startswith(b"p0 OK"), reply
             await client.send(b"p1 SELECT Other\r\np2 SELECT inbox\r\np3 EXPUNGE\r\n"
                               b"p4 COPY 1 Other\r\np5 STORE 1 +FLAGS.SILENT (\\Seen)\r\n")  # fmt: skip
             # (a refusal is answered at once, before Dovecot answers what came earlier)
