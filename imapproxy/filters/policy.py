@@ -62,18 +62,28 @@ from .policy_rules import (
     ALLOW,
     DENY,
     HIDE,
+    K_ALLOW,
+    K_BLOCK,
+    K_RATE,
+    K_READ_ONLY,
     MAILBOX_POSITIONS,
-    READ_COMMANDS,
+    NAMED,
     READ_ONLY,
+    SELECTED,
     UNKNOWN,
     URL_COMMANDS,
-    Op,
+    URLS,
+    Plan,
     Rule,
     _got,
     candidates,
     canonical,
-    command_ops,
+    command_urls,
+    named_mailboxes,
+    op_shape,
     parse_rule,
+    plan_for,
+    url_mailboxes,
 )
 from .ratelimit import BucketStore
 
@@ -88,6 +98,7 @@ _COMPLETIONS = frozenset({"OK", "NO", "BAD"})
 _SELECTS = frozenset({"SELECT", "EXAMINE"})
 _MAX_SELECTING = 64  # SELECT/EXAMINE in flight at once, per session (pipelined)
 _MAX_NAMES = 64  # command names remembered per session (clients choose them: bounded)
+_MAX_HITS = 256  # mailbox names whose matching rules a session remembers
 DEFAULT_MAX_BUCKETS = 100_000  # rate buckets kept process-wide (~200 B each: ~20 MB)
 DEFAULT_DENIED = Reject("not allowed", status="NO", code="NOPERM")
 
@@ -131,8 +142,9 @@ class PolicyFactory:
 
 class PolicyFilter(Filter):
     __slots__ = (
-        "_by_name", "_live", "_selected_key", "_selected_names", "_selecting", "_session_rules",
-        "_state", "factory", "info", "name", "wants_commands", "wants_responses",
+        "_hits", "_live", "_patterned", "_plans", "_selected_key", "_selected_names",
+        "_selecting", "_session_rules", "_state", "factory", "info", "name", "wants_commands",
+        "wants_responses",
     )  # fmt: skip
 
     def __init__(self, factory: PolicyFactory, info: SessionInfo) -> None:
@@ -145,9 +157,13 @@ class PolicyFilter(Filter):
         self._session_rules = tuple(
             (i, r) for i, r in enumerate(factory.rules) if r.applies_to_session(info)
         )
+        self._patterned = tuple((i, r.mailboxes) for i, r in self._session_rules
+                                if r.mailboxes is not None)  # fmt: skip
         self._state: tuple[str | None, bool] | None = None
         self._live: tuple[tuple[int, Rule], ...] = ()
-        self._by_name: dict[str, tuple[tuple[int, Rule], ...]] = {}
+        self._plans: dict[tuple[str, bool], Plan] = {}
+        # mailbox name -> the indexes of the rules whose pattern matches it (bounded)
+        self._hits: dict[str, frozenset[int]] = {}
         self._selecting: dict[bytes, tuple[str, ...]] = {}  # SELECT/EXAMINE in flight
         self._selected_key: str | None = None
         self._selected_names: tuple[str, ...] = ()
@@ -157,7 +173,7 @@ class PolicyFilter(Filter):
 
     # ------------------------------------------------------------------ state
 
-    def _rules_for(self, name: str, session: SessionView) -> tuple[tuple[int, Rule], ...]:
+    def _plan(self, name: str, uid: bool, session: SessionView) -> Plan:
         """The rules that may match command ``name`` in the session's present state."""
         state = (session.user, session.tls is not None)
         if state != self._state:
@@ -165,16 +181,27 @@ class PolicyFilter(Filter):
             self._live = tuple(
                 (i, r) for i, r in self._session_rules if r.applies_to_state(state[0], state[1])
             )
-            self._by_name = {}
-        rules = self._by_name.get(name)
-        if rules is None:
-            rules = tuple(
-                (i, r) for i, r in self._live
-                if (names := r.command_names()) is None or name in names or r.action == READ_ONLY
-            )  # fmt: skip
-            if len(self._by_name) < _MAX_NAMES:
-                self._by_name[name] = rules
-        return rules
+            self._plans = {}
+        key = (name, uid)
+        plan = self._plans.get(key)
+        if plan is None:
+            shape = ((name[1:], NAMED),) if name.startswith("\x00") else op_shape(name)
+            plan = plan_for(self._live, shape, uid)
+            if len(self._plans) < _MAX_NAMES:
+                self._plans[key] = plan
+        return plan
+
+    def _hits_of(self, mailbox: str) -> frozenset[int]:
+        hits = self._hits.get(mailbox)
+        if hits is None:
+            if mailbox is UNKNOWN:
+                hits = frozenset(i for i, _ in self._patterned)
+            else:
+                hits = frozenset(i for i, p in self._patterned if p.match(mailbox) is not None)
+            if len(self._hits) >= _MAX_HITS:
+                self._hits.clear()
+            self._hits[mailbox] = hits
+        return hits
 
     def _selected(self, session: SessionView) -> tuple[str, ...]:
         """The names the selected mailbox may have now: the one the server confirmed and
@@ -196,69 +223,134 @@ class PolicyFilter(Filter):
         if not cmd.complete and cmd.literals and cmd.literals[-1].inline:
             # the relay asks before a small literal comes: decided once the command is whole
             return PASS
-        rules = self._rules_for(cmd.name, session)
+        name = cmd.name
+        plan = self._plan(name, cmd.uid, session)
         factory = self.factory
-        if rules or factory.default_deny:
-            ops = command_ops(cmd, self._selected(session), factory.delimiter)
-            verdict = self._evaluate(cmd, ops, rules, session)
-        else:
-            ops = None
-            verdict = PASS
-        if factory.track_selected and cmd.name in _SELECTS and type(verdict) is not Reject:
-            if ops is None:
-                ops = command_ops(cmd, (), factory.delimiter)
+        named: tuple[str, ...] | None = None
+        verdict: Verdict = PASS
+        if plan or factory.default_deny:
+            named = named_mailboxes(cmd, factory.delimiter)
+            verdict = self._evaluate(cmd, plan, named, session)
+        if factory.track_selected and name in _SELECTS and type(verdict) is not Reject:
+            if named is None:
+                named = named_mailboxes(cmd, factory.delimiter)
             if len(self._selecting) < _MAX_SELECTING:
-                self._selecting[cmd.tag] = ops[0][2]
+                self._selecting[cmd.tag] = named
             else:  # (a client that pipelines this many SELECTs: refused, not forgotten)
                 return self._block_selects(cmd)
         return verdict
 
+    def _operands(
+        self, src: int, named: tuple[str, ...], urls: tuple[str, ...], session: SessionView
+    ) -> tuple[str, ...]:
+        if src == NAMED:
+            return named
+        if src == SELECTED:
+            return self._selected(session)
+        return urls if src == URLS else ()
+
+    def _source_hits(
+        self, src: int, named: tuple[str, ...], urls: tuple[str, ...], session: SessionView
+    ) -> frozenset[int]:
+        """The rules whose pattern matches one of the mailboxes at ``src``."""
+        boxes = self._operands(src, named, urls, session)
+        if len(boxes) == 1:
+            return self._hits_of(boxes[0])
+        return frozenset().union(*(self._hits_of(m) for m in boxes))
+
     def _evaluate(
         self,
-        cmd: CommandView,
-        ops: tuple[Op, ...],
-        rules: tuple[tuple[int, Rule], ...],
+        cmd: CommandView | None,
+        plan: Plan,
+        named: tuple[str, ...],
         session: SessionView,
+        *,
+        answer: str | None = None,
     ) -> Verdict:
-        size = sum(lit.size for lit in cmd.literals)
+        """The verdict of the rules in ``plan`` on a command; or (``cmd`` None) on an
+        ``answer`` naming the mailbox ``named``: then only allow, deny and hide rules
+        count (only hide for a LIST answer), and nothing is counted or logged."""
+        size = sum(lit.size for lit in cmd.literals) if cmd is not None and cmd.literals else 0
+        urls: tuple[str, ...] = ()
+        if cmd is not None and (cmd.name == "APPEND" or cmd.name in URL_COMMANDS):
+            raw_urls = command_urls(cmd)
+            if raw_urls:
+                sel = self._selected(session)
+                d = self.factory.delimiter
+                urls = tuple(m for u in raw_urls for m in url_mailboxes(u, d, sel))
+        src_hits: dict[int, frozenset[int]] = {}
+        positions = plan.unconditional
+        if plan.by_source:
+            found: list[int] = []
+            for src, by_index in plan.by_source.items():
+                hits = self._source_hits(src, named, urls, session)
+                src_hits[src] = hits
+                for idx in hits:
+                    at = by_index.get(idx)
+                    if at is not None:
+                        found.extend(at)
+            if found:
+                positions = sorted({*positions, *found})
+        entries = plan.entries
         replacement: Replace | None = None
-        for index, rule in rules:
-            action = rule.action
-            if action == ALLOW:
-                if rule.matches_allow(ops, size):
-                    return replacement or PASS
+        for pos in positions:
+            index, rule, kind, srcs, always, select = entries[pos]
+            if answer is not None and (
+                kind in (K_RATE, K_READ_ONLY)
+                or (kind == K_BLOCK and answer != "STATUS" and rule.action != HIDE)
+            ):  # fmt: skip
                 continue
-            if not rule.matches_restricting(ops, size):
+            if rule.size_over is not None and size <= rule.size_over:
                 continue
-            if action is None:  # a rate
+            if kind == K_ALLOW:
+                if rule.mailboxes is not None:
+                    boxes = [m for src in srcs for m in self._operands(src, named, urls, session)]
+                    if not boxes or not all(
+                        m is not UNKNOWN and index in self._hits_of(m) for m in boxes
+                    ):
+                        continue
+                return replacement or PASS
+            if rule.mailboxes is None:
+                matched = always or bool(urls)
+            else:
+                matched = False
+                for src in srcs:
+                    if index in src_hits[src]:
+                        matched = True
+                        break
+            if kind == K_READ_ONLY:
+                if matched:
+                    return self._block(rule, cmd, "would change something")
+                if select and (rule.mailboxes is None or index in src_hits[NAMED]):
+                    assert cmd is not None
+                    replacement = Replace(examine(cmd))
+                continue
+            if not matched:
+                continue
+            if kind == K_RATE:
+                assert cmd is not None
                 user = session.user
                 key = (index, "user", user.lower()) if (
                     rule.per == "user" and user is not None
                 ) else (index, "client", self.info.client_host)  # fmt: skip
-                wait = self.factory.store.take(key, rule.rate)  # type: ignore[arg-type]
-                if wait:
+                if self.factory.store.take(key, rule.rate):  # type: ignore[arg-type]
                     return self._block(rule, cmd, "over its rate")
                 continue
-            if action == READ_ONLY:
-                # (CLOSE expunges only a mailbox opened read-write: every SELECT that
-                # matched a read-only rule went as EXAMINE)
-                changes = ops[:1] if ops[0][0] == "CLOSE" else ops
-                if any(op[0] not in READ_COMMANDS and rule.op_matches(op) for op in changes):
-                    return self._block(rule, cmd, "would change something")
-                if ops[0][0] == "SELECT" and rule.op_matches(ops[0]):
-                    replacement = Replace(examine(cmd))
-                    ops = (("EXAMINE", False, ops[0][2]), *ops[1:])
-                continue
-            return self._block(rule, cmd, "hidden" if action == HIDE else "denied")
-        if self.factory.default_deny and cmd.name not in DEFAULT_EXEMPT:
-            self.name = "policy/default"
-            log.info("session %s: policy default: %s denied", self.info.id, cmd.full_name)
+            return self._block(rule, cmd, "hidden" if rule.action == HIDE else "denied")
+        if self.factory.default_deny and (
+            answer == "STATUS" if cmd is None else cmd.name not in DEFAULT_EXEMPT
+        ):
+            if cmd is not None:
+                self.name = "policy/default"
+                log.info("session %s: policy default: %s denied", self.info.id, cmd.full_name)
             return DEFAULT_DENIED
         return replacement or PASS
 
-    def _block(self, rule: Rule, cmd: CommandView, why: str) -> Reject:
-        self.name = "policy/" + rule.name
-        log.info("session %s: policy rule %s: %s %s", self.info.id, rule.name, cmd.full_name, why)
+    def _block(self, rule: Rule, cmd: CommandView | None, why: str) -> Reject:
+        if cmd is not None:
+            self.name = "policy/" + rule.name
+            log.info("session %s: policy rule %s: %s %s", self.info.id, rule.name,
+                     cmd.full_name, why)  # fmt: skip
         return Reject(rule.text, status="NO", code=rule.code)
 
     def _block_selects(self, cmd: CommandView) -> Reject:
@@ -279,9 +371,11 @@ class PolicyFilter(Filter):
         mailbox = self._response_mailbox(resp)
         if mailbox is None:
             return PASS
-        if name == "STATUS":
-            return PASS if self._visible(("STATUS", False, mailbox), session, status=True) else DROP
-        return PASS if self._visible(("LIST", False, mailbox), session, status=False) else DROP
+        # shown unless STATUS on it would be refused (STATUS answers) or unless it is
+        # hidden (LIST answers: the first allow or hide rule that matches decides)
+        plan = self._plan("\x00" + ("STATUS" if name == "STATUS" else "LIST"), False, session)
+        verdict = self._evaluate(None, plan, mailbox, session, answer=name)
+        return DROP if type(verdict) is Reject else PASS
 
     def _response_mailbox(self, resp: ResponseView) -> tuple[str, ...] | None:
         """The mailbox a LIST/LSUB/STATUS answer names (candidates); UNKNOWN when it
@@ -305,23 +399,6 @@ class PolicyFilter(Filter):
         if value is None:
             return (UNKNOWN,)
         return candidates(value, self.factory.delimiter)
-
-    def _visible(self, op: Op, session: SessionView, *, status: bool) -> bool:
-        """Whether an answer naming op's mailbox may be shown: LIST answers hide what a
-        hide rule hides (the first allow or hide rule that matches decides); STATUS answers
-        what STATUS on that mailbox would be refused (deny, hide, default deny).  Nothing
-        is counted against a rate."""
-        ops = (op,)
-        for _, rule in self._rules_for(op[0], session):
-            action = rule.action
-            if action == ALLOW:
-                if rule.matches_allow(ops, 0):
-                    return True
-            elif (action == HIDE or (status and action == DENY)) and rule.matches_restricting(
-                ops, 0
-            ):
-                return False
-        return not (status and self.factory.default_deny)
 
 
 def examine(cmd: CommandView) -> bytes:

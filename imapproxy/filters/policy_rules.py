@@ -23,7 +23,7 @@ import fnmatch
 import ipaddress
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -80,8 +80,6 @@ READ_COMMANDS = frozenset({
     "CLOSE", "UNSELECT", "GETACL", "MYRIGHTS", "LISTRIGHTS", "GETQUOTA", "GETQUOTAROOT",
     "GETMETADATA", "NOTIFY", "URLFETCH",
 })  # fmt: skip
-
-Op = tuple[str, bool, tuple[str, ...]]  # (name, uid, mailbox candidates)
 
 
 # ----------------------------------------------------------------------------- mailboxes
@@ -159,46 +157,56 @@ def _catenate_urls(args: Sequence[Token]) -> list[bytes]:
     return urls
 
 
-def command_ops(cmd: CommandView, selected: tuple[str, ...], delimiter: str) -> tuple[Op, ...]:
-    """What ``cmd`` does, as operations (see the module docstring).  ``selected`` are the
-    names the selected mailbox may have (more than one while a SELECT is in flight)."""
-    name = cmd.name
-    uid = cmd.uid
-    positions = MAILBOX_POSITIONS.get(name)
-    named: tuple[str, ...] = ()
-    if positions is not None:
-        args = cmd.args
-        if name == "GETMETADATA" and args and isinstance(args[0], ParenList):
-            args = args[1:]
-        found: list[str] = []
-        for i in positions:
-            if i < len(args):
-                found.extend(_mailbox_token(args[i], delimiter))
-            elif not cmd.complete:
-                found.append(UNKNOWN)  # not read before the decision
-        named = tuple(found)
-    urls: tuple[str, ...] = ()
-    if name == "APPEND" or name in URL_COMMANDS:
-        raw_urls = (
-            _catenate_urls(cmd.args)
-            if name == "APPEND"
-            else [v for a in cmd.args if (v := string_value(a)) is not None]
-        )
-        if raw_urls:
-            urls = tuple(m for u in raw_urls for m in url_mailboxes(u, delimiter, selected))
-    if positions is not None:
-        own = named  # COPY/MOVE: the destination; the source is in the implied operations
-    elif name in SESSION_COMMANDS or name in URL_COMMANDS:
-        own = urls
+# Where an operation's mailboxes come from.
+NAMED, SELECTED, URLS, NONE = 0, 1, 2, 3
+_WHERE = {"dest": NAMED, "selected": SELECTED, "urls": URLS}
+
+
+def op_shape(name: str) -> tuple[tuple[str, int], ...]:
+    """What a command called ``name`` does: its operations, each with where its mailboxes
+    come from (the first is the command itself).  An operation on URLS exists only when
+    the command has URLs."""
+    if name in MAILBOX_POSITIONS:
+        own = NAMED  # (COPY/MOVE: the destination; the source is in the implied operations)
+    elif name in URL_COMMANDS:
+        own = URLS
+    elif name in SESSION_COMMANDS:
+        own = NONE
     else:
-        own = selected
-    ops: list[Op] = [(name, uid, own)]
-    for inner, where in IMPLIED.get(name, ()):
-        boxes = named if where == "dest" else selected if where == "selected" else urls
-        if where == "urls" and not boxes:
-            continue
-        ops.append((inner, uid, boxes))
-    return tuple(ops)
+        own = SELECTED
+    return ((name, own), *((inner, _WHERE[where]) for inner, where in IMPLIED.get(name, ())))
+
+
+def named_mailboxes(cmd: CommandView, delimiter: str) -> tuple[str, ...]:
+    """The mailboxes ``cmd`` names as arguments (candidates of each; UNKNOWN for one that
+    was not read)."""
+    positions = MAILBOX_POSITIONS.get(cmd.name)
+    if positions is None:
+        return ()
+    args = cmd.args
+    if cmd.name == "GETMETADATA" and args and isinstance(args[0], ParenList):
+        args = args[1:]
+    found: list[str] = []
+    for i in positions:
+        if i < len(args):
+            found.extend(_mailbox_token(args[i], delimiter))
+        elif not cmd.complete:
+            found.append(UNKNOWN)  # not read before the decision
+    return tuple(found)
+
+
+def command_urls(cmd: CommandView) -> list[bytes]:
+    """The IMAP URLs a command reads through (APPEND ... CATENATE, URLFETCH ...)."""
+    if cmd.name == "APPEND":
+        return _catenate_urls(cmd.args) if len(cmd.args) > 1 else []
+    if cmd.name in URL_COMMANDS:
+        return [v for a in cmd.args if (v := string_value(a)) is not None]
+    return []
+
+
+def command_matches(commands: frozenset[str] | None, name: str, uid: bool) -> bool:
+    """``FETCH`` in a rule covers FETCH and UID FETCH; ``UID FETCH`` only the latter."""
+    return commands is None or name in commands or (uid and "UID " + name in commands)
 
 
 # ----------------------------------------------------------------------------- patterns
@@ -280,43 +288,6 @@ class Rule:
             out |= IMPLIED_BY.get(c, frozenset())
         return frozenset(out)
 
-    def op_matches(self, op: Op) -> bool:
-        """A restricting rule (deny, hide, read-only, rate) on one operation: the command
-        condition holds, and one of its mailboxes (any reading of it) matches."""
-        commands = self.commands
-        if commands is not None:
-            name, uid, _ = op
-            if name not in commands and not (uid and "UID " + name in commands):
-                return False
-        pattern = self.mailboxes
-        if pattern is None:
-            return True
-        return any(m is UNKNOWN or pattern.match(m) is not None for m in op[2])
-
-    def matches_restricting(self, ops: tuple[Op, ...], size: int) -> bool:
-        if self.size_over is not None and size <= self.size_over:
-            return False
-        return any(self.op_matches(op) for op in ops)
-
-    def matches_allow(self, ops: tuple[Op, ...], size: int) -> bool:
-        """An allow rule only on the command itself (not what it implies), and only when
-        every mailbox it touches, read every way, matches."""
-        if self.size_over is not None and size <= self.size_over:
-            return False
-        name, uid, _ = ops[0]
-        commands = self.commands
-        if (
-            commands is not None
-            and name not in commands
-            and not (uid and "UID " + name in commands)
-        ):
-            return False
-        pattern = self.mailboxes
-        if pattern is None:
-            return True
-        boxes = [m for op in ops for m in op[2]]
-        return bool(boxes) and all(m is not UNKNOWN and pattern.match(m) for m in boxes)
-
 
 def _in_networks(host: str, networks: Sequence[Any]) -> bool:
     try:
@@ -332,6 +303,79 @@ def _listener_matches(listener: str, names: frozenset[str]) -> bool:
     """``imap@127.0.0.1:1143`` is matched by itself, by ``imap`` and by ``127.0.0.1:1143``."""
     kind, _, address = listener.partition("@")
     return listener in names or kind in names or address in names
+
+
+# ----------------------------------------------------------------------------- plans
+
+K_ALLOW, K_BLOCK, K_RATE, K_READ_ONLY = range(4)
+# (rule index, rule, kind, sources of the operations it may match, it matches with no
+# mailbox whatever the operands (no URL-only operation), SELECT turns into EXAMINE)
+PlanEntry = tuple[int, Rule, int, tuple[int, ...], bool, bool]
+
+
+def plan_for(
+    rules: Iterable[tuple[int, Rule]], shape: tuple[tuple[str, int], ...], uid: bool
+) -> Plan:
+    """The rules that may match a command of this shape, with what is known of them before
+    its arguments are looked at: which of its operations each may match (by command name),
+    hence where to look for mailboxes.  Built once per command name and session state."""
+    out: list[PlanEntry] = []
+    first = shape[0][0]
+    for idx, rule in rules:
+        commands = rule.commands
+        if rule.action == ALLOW:
+            if command_matches(commands, first, uid):
+                srcs = tuple(sorted({src for _, src in shape}))
+                out.append((idx, rule, K_ALLOW, srcs, True, False))
+            continue
+        matching = [(i, op, src) for i, (op, src) in enumerate(shape)
+                    if command_matches(commands, op, uid)]  # fmt: skip
+        if rule.action == READ_ONLY:
+            # (CLOSE expunges only a mailbox opened read-write: every SELECT that matched a
+            # read-only rule went as EXAMINE)
+            changes = [m for m in matching if m[1] not in READ_COMMANDS and (
+                first != "CLOSE" or m[0] == 0)]  # fmt: skip
+            srcs = tuple(sorted({src for _, _, src in changes}))
+            select = first == "SELECT" and bool(matching) and matching[0][0] == 0
+            if srcs or select:
+                always = any(src != URLS for src in srcs)
+                out.append((idx, rule, K_READ_ONLY, srcs, always, select))
+            continue
+        if matching:
+            srcs = tuple(sorted({src for _, _, src in matching}))
+            always = any(src != URLS for src in srcs)
+            kind = K_RATE if rule.action is None else K_BLOCK
+            out.append((idx, rule, kind, srcs, always, False))
+    return Plan(tuple(out))
+
+
+class Plan:
+    """A command's rules (:func:`plan_for`), indexed so that a command looks only at the
+    rules that can match it: those without a mailbox pattern, and those whose pattern
+    matches one of its mailboxes (found by the mailbox, not by trying every pattern)."""
+
+    __slots__ = ("by_source", "entries", "unconditional")
+
+    def __init__(self, entries: tuple[PlanEntry, ...]) -> None:
+        self.entries = entries
+        # positions of the entries without a mailbox pattern: always looked at
+        self.unconditional = tuple(pos for pos, e in enumerate(entries) if e[1].mailboxes is None)
+        # source -> rule index -> positions of the entries with a pattern that look there
+        by_source: dict[int, dict[int, list[int]]] = {}
+        for pos, (idx, rule, _, srcs, _, select) in enumerate(entries):
+            if rule.mailboxes is None:
+                continue
+            for src in set(srcs) | ({NAMED} if select else set()):
+                by_source.setdefault(src, {}).setdefault(idx, []).append(pos)
+        self.by_source = {
+            src: {idx: tuple(p) for idx, p in m.items()} for src, m in by_source.items()
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -490,11 +534,9 @@ __all__ = [
     "READ_COMMANDS",
     "READ_ONLY",
     "UNKNOWN",
-    "Op",
     "Rule",
     "candidates",
     "canonical",
-    "command_ops",
     "compile_mailboxes",
     "parse_rule",
     "url_mailboxes",
