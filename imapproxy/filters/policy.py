@@ -49,7 +49,6 @@ from .api import (
     DROP,
     PASS,
     CommandView,
-    ConfigError,
     Filter,
     Reject,
     Replace,
@@ -58,6 +57,7 @@ from .api import (
     SessionView,
     Verdict,
 )
+from .policy_config import DEFAULT_MAX_BUCKETS, parse_options
 from .policy_rules import (
     ALLOW,
     DENY,
@@ -66,22 +66,19 @@ from .policy_rules import (
     K_BLOCK,
     K_RATE,
     K_READ_ONLY,
-    MAILBOX_POSITIONS,
     NAMED,
-    READ_ONLY,
     SELECTED,
     UNKNOWN,
     URL_COMMANDS,
     URLS,
     Plan,
     Rule,
-    _got,
     candidates,
     canonical,
     command_urls,
+    decided_commands,
     named_mailboxes,
     op_shape,
-    parse_rule,
     plan_for,
     url_mailboxes,
 )
@@ -89,7 +86,6 @@ from .ratelimit import BucketStore
 
 log = logging.getLogger("imapproxy.policy")
 
-_OPTIONS = frozenset({"default", "rules", "delimiter", "max_buckets"})
 # Spared by default = "deny" (a session must be able to log in and out).
 DEFAULT_EXEMPT = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "LOGIN", "AUTHENTICATE"})
 _LOGINS = frozenset({"LOGIN", "AUTHENTICATE"})
@@ -99,7 +95,6 @@ _SELECTS = frozenset({"SELECT", "EXAMINE"})
 _MAX_SELECTING = 64  # SELECT/EXAMINE in flight at once, per session (pipelined)
 _MAX_NAMES = 64  # command names remembered per session (clients choose them: bounded)
 _MAX_HITS = 256  # mailbox names whose matching rules a session remembers
-DEFAULT_MAX_BUCKETS = 100_000  # rate buckets kept process-wide (~200 B each: ~20 MB)
 DEFAULT_DENIED = Reject("not allowed", status="NO", code="NOPERM")
 
 
@@ -118,7 +113,7 @@ class PolicyFactory:
         self.default_deny = default == DENY
         self.delimiter = delimiter
         self.store = store if store is not None else BucketStore(DEFAULT_MAX_BUCKETS)
-        self.decided = _decided(rules, self.default_deny)
+        self.decided = decided_commands(rules, self.default_deny)
         self.track_selected = any(r.mailboxes is not None for r in rules)
         # SELECT and EXAMINE are watched (not held) to know which mailbox a pipelined
         # command acts on
@@ -410,67 +405,17 @@ def examine(cmd: CommandView) -> bytes:
     return cmd.raw[:head] + b"EXAMINE" + cmd.raw[end:]
 
 
-def _decided(rules: tuple[Rule, ...], default_deny: bool) -> frozenset[str] | None:
-    """The commands a policy may decide about (the relay holds only those back); None:
-    every command.  A mailbox-only rule decides the commands that name mailboxes (a
-    command on the selected mailbox was decided when it was selected), unless an allow
-    rule names commands (then SELECT may pass where FETCH must not)."""
-    if default_deny:
-        return None
-    names: set[str] = set()
-    allow_by_command = any(r.action == ALLOW and r.commands is not None for r in rules)
-    for rule in rules:
-        if rule.action == ALLOW:
-            continue  # it refuses nothing; the rules after it decide what they name
-        command_names = rule.command_names()
-        if command_names is not None:
-            names |= command_names
-            continue
-        if (
-            rule.mailboxes is None
-            or rule.size_over is not None
-            or rule.action in (None, READ_ONLY)
-            or allow_by_command
-        ):
-            return None
-        names |= MAILBOX_POSITIONS.keys() | URL_COMMANDS | {"APPEND"}
-    return frozenset(names)
-
-
 # ----------------------------------------------------------------------------- maker
 
 
 def make_policy(
     options: Mapping[str, Any], path: str, *, clock: Callable[[], float] = time.monotonic
 ) -> PolicyFactory:
-    """The ``use = "policy"`` maker: options validated (errors name the key path)."""
-    for key in options:
-        if key not in _OPTIONS:
-            known = ", ".join(sorted(_OPTIONS))
-            raise ConfigError(f"{path}.{key}", f"unknown key (known: {known})")
-    default = options.get("default", ALLOW)
-    if default not in (ALLOW, DENY):
-        raise ConfigError(f"{path}.default", f"expected one of allow, deny; got {_got(default)}")
-    delimiter = options.get("delimiter", "/")
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "*%":
-        raise ConfigError(f"{path}.delimiter", f"expected one character such as \"/\" or \".\"; "
-                          f"got {_got(delimiter)}")  # fmt: skip
-    max_buckets = options.get("max_buckets", DEFAULT_MAX_BUCKETS)
-    if isinstance(max_buckets, bool) or not isinstance(max_buckets, int) or max_buckets < 1:
-        raise ConfigError(
-            f"{path}.max_buckets", f"expected a positive integer; got {_got(max_buckets)}"
-        )
-    tables = options.get("rules", [])
-    if not isinstance(tables, list):
-        raise ConfigError(f"{path}.rules", "expected an array of tables ([[filters.rules]])")
-    rules = tuple(parse_rule(t, f"{path}.rules[{i}]", i, delimiter) for i, t in enumerate(tables))
-    seen: set[str] = set()
-    for i, rule in enumerate(rules):
-        if rule.name in seen:
-            raise ConfigError(f"{path}.rules[{i}].name", f"{_got(rule.name)} is used twice")
-        seen.add(rule.name)
-    return PolicyFactory(rules, default=default, delimiter=delimiter,
-                         store=BucketStore(max_buckets, clock))  # fmt: skip
+    """The ``use = "policy"`` maker: options validated (errors name the key path); the
+    rate buckets are made here, once per configured policy, with ``clock``."""
+    parsed = parse_options(options, path)
+    return PolicyFactory(parsed.rules, default=parsed.default, delimiter=parsed.delimiter,
+                         store=BucketStore(parsed.max_buckets, clock))  # fmt: skip
 
 
 __all__ = ["PolicyFactory", "PolicyFilter", "examine", "make_policy"]

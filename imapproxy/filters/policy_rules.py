@@ -1,13 +1,16 @@
-"""The policy filter's rules: parsing and validating them, and matching them against the
-parsed, normalised command (never its spelling).
+"""The policy filter's rules and how they are matched against the parsed, normalised
+command (never its spelling).  (Reading them from the configuration: :mod:`.policy_config`.)
 
-What a command *does* is described as a tuple of operations ``(name, uid, mailboxes)``:
-``SELECT Finance`` is ``("SELECT", False, ("Finance",))``; ``UID MOVE 1 Archive`` in the
-selected mailbox ``INBOX`` is MOVE into Archive and also what MOVE is made of (RFC 6851):
-``UID COPY`` into Archive, ``UID FETCH`` (it reads), ``UID STORE`` and ``UID EXPUNGE`` in
-``INBOX``.  CLOSE expunges; an APPEND with CATENATE reads the mailboxes its URLs name.  A
+What a command *does* is a tuple of operations, each with where its mailboxes come from
+(:func:`op_shape`): ``SELECT Finance`` is SELECT on the mailbox it names; ``UID MOVE 1
+Archive`` is MOVE into Archive and also what MOVE is made of (RFC 6851): ``UID COPY`` into
+Archive, ``UID FETCH`` (it reads), ``UID STORE`` and ``UID EXPUNGE`` in the selected
+mailbox.  CLOSE expunges; an APPEND with CATENATE reads the mailboxes its URLs name.  A
 command that names no mailbox acts on the selected one (FETCH, STORE, SEARCH, EXPUNGE,
 and any command the proxy does not know), except the few that concern the session only.
+A rule written ``FETCH`` matches each of these FETCH operations, ``UID FETCH`` only those
+of UID commands; an ``allow`` rule matches the command itself only (never what it
+implies), and only when every mailbox it touches matches.
 
 Mailbox names are compared decoded and canonical: modified UTF-7 *and* UTF-8 both tried
 (so a pipelined ``ENABLE UTF8=ACCEPT`` cannot change what a name means to a rule),
@@ -21,16 +24,15 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from ..wire.tokens import Atom, LiteralRef, ParenList, Token, string_value
-from .api import CommandView, ConfigError, SessionInfo
-from .ratelimit import Rate, parse_rate
+from .api import CommandView, SessionInfo
+from .ratelimit import Rate
 from .views import MAILBOX_ARGUMENTS, decode_mailbox
 
 ALLOW, DENY, READ_ONLY, HIDE = "allow", "deny", "read-only", "hide"
@@ -378,152 +380,31 @@ class Plan:
         return len(self.entries)
 
 
-# ----------------------------------------------------------------------------- parsing
-
-_RULE_KEYS = frozenset({"name", "match", "action", "code", "text", "rate", "per", "delay"})
-_MATCH_KEYS = frozenset({"command", "user", "client", "tls", "listener", "mailbox", "size_over"})
-_CODE = re.compile(r"[A-Za-z][A-Za-z0-9.-]*\Z")
-_COMMAND = re.compile(r"(?:UID )?[A-Z][A-Z0-9.-]*\Z")
-DEFAULT_TEXT = {
-    DENY: "not allowed",
-    HIDE: "Mailbox doesn't exist",
-    READ_ONLY: "read-only access",
-    "rate": "too many commands, slow down",
-}
-DEFAULT_CODE = {DENY: "NOPERM", HIDE: "NONEXISTENT", READ_ONLY: "NOPERM", "rate": "LIMIT"}
-MAX_DELAY = 60.0  # seconds; a refused login waits at most this (and the filter hook timeout)
-
-
-def _got(value: Any) -> str:
-    """A configured value as the error shows it (as in TOML: strings in double quotes)."""
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _strings(value: Any, path: str, what: str) -> list[str]:
-    """A string or a non-empty list of strings."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(x, str) and x for x in items):
-        raise ConfigError(path, f"expected {what} or a non-empty list of them; got {_got(value)}")
-    return items
-
-
-def _unknown(table: Mapping[str, Any], known: frozenset[str], path: str) -> None:
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
-
-
-def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
-    if not isinstance(table, Mapping):
-        raise ConfigError(path, f"expected a table ([[filters.rules]]); got {_got(table)}")
-    _unknown(table, _RULE_KEYS, path)
-    name = table.get("name", f"rules[{index}]")
-    if not isinstance(name, str) or not name or not name.isprintable():
-        raise ConfigError(
-            f"{path}.name", f"expected a non-empty printable string; got {_got(name)}"
-        )
-    match = table.get("match", {})
-    if not isinstance(match, Mapping):
-        raise ConfigError(
-            f"{path}.match", f"expected a table ({{ user = ... }}); got {_got(match)}"
-        )
-    _unknown(match, _MATCH_KEYS, f"{path}.match")
-    mpath = f"{path}.match"
-
-    commands: frozenset[str] | None = None
-    if "command" in match:
-        given = _strings(match["command"], f"{mpath}.command", "a command name")
-        names = [" ".join(c.upper().split()) for c in given]
-        for c in names:
-            if not _COMMAND.match(c):
-                raise ConfigError(f"{mpath}.command", f"not a command name: {_got(c)}")
-        commands = frozenset(names)
-    users = None
-    if "user" in match:
-        users = compile_users(_strings(match["user"], f"{mpath}.user", "a user glob"))
-    clients = None
-    if "client" in match:
-        nets = []
-        for c in _strings(match["client"], f"{mpath}.client", "a CIDR"):
-            try:
-                nets.append(ipaddress.ip_network(c, strict=False))
-            except ValueError:
-                raise ConfigError(f"{mpath}.client",
-                                  f"not an address or CIDR: {_got(c)}") from None  # fmt: skip
-        clients = tuple(nets)
-    tls = match.get("tls")
-    if tls is not None and not isinstance(tls, bool):
-        raise ConfigError(f"{mpath}.tls", f"expected true or false; got {_got(tls)}")
-    listeners = None
-    if "listener" in match:
-        listeners = frozenset(_strings(match["listener"], f"{mpath}.listener",
-                                       "a listener name or address"))  # fmt: skip
-    mailboxes = None
-    if "mailbox" in match:
-        mailboxes = compile_mailboxes(
-            _strings(match["mailbox"], f"{mpath}.mailbox", "a mailbox glob"), delimiter
-        )
-    size_over = match.get("size_over")
-    if size_over is not None and (
-        isinstance(size_over, bool) or not isinstance(size_over, int) or size_over < 0
-    ):
-        raise ConfigError(
-            f"{mpath}.size_over", f"expected a number of bytes; got {_got(size_over)}"
-        )
-
-    rate = None
-    if "rate" in table:
-        if not isinstance(table["rate"], str):
-            raise ConfigError(
-                f"{path}.rate", f'expected a string like "20/s"; got {_got(table["rate"])}'
-            )
-        try:
-            rate = parse_rate(table["rate"])
-        except ValueError as exc:
-            raise ConfigError(f"{path}.rate", f"{exc}; got {_got(table['rate'])}") from None
-    action = table.get("action")
-    if action is None and rate is None:
-        raise ConfigError(f"{path}.action", f"required (one of {', '.join(ACTIONS)}), or a rate")
-    if action is not None and action not in ACTIONS:
-        raise ConfigError(
-            f"{path}.action", f"expected one of {', '.join(ACTIONS)}; got {_got(action)}"
-        )
-    if action is not None and rate is not None:
-        raise ConfigError(f"{path}.rate", "a rule has an action or a rate, not both")
-    if action == HIDE and (mailboxes is None or commands is not None or size_over is not None):
-        raise ConfigError(
-            f"{path}.match", "a hide rule names mailboxes (match.mailbox) and no command or size"
-        )
-    for key in ("per", "delay"):
-        if key in table and rate is None:
-            raise ConfigError(f"{path}.{key}", "only for a rule with a rate")
-    kind = action or "rate"
-    code = table.get("code", DEFAULT_CODE.get(kind, "NOPERM"))
-    if not isinstance(code, str) or not _CODE.match(code):
-        raise ConfigError(
-            f"{path}.code", f"expected a response code such as NOPERM; got {_got(code)}"
-        )
-    text = table.get("text", DEFAULT_TEXT.get(kind, "not allowed"))
-    if not isinstance(text, str) or not text.strip() or not text.isprintable():
-        raise ConfigError(f"{path}.text", f"expected a printable one-line text; got {_got(text)}")
-    logins = commands is not None and all(c in ("LOGIN", "AUTHENTICATE") for c in commands)
-    per = table.get("per", "client" if logins else "user")
-    if per not in ("user", "client"):
-        raise ConfigError(f"{path}.per", f"expected one of user, client; got {_got(per)}")
-    delay = table.get("delay", 1.0 if logins else 0.0)
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, (int, float))
-        or not (0 <= delay <= MAX_DELAY)
-    ):
-        raise ConfigError(
-            f"{path}.delay", f"expected seconds from 0 to {MAX_DELAY:g}; got {_got(delay)}"
-        )
-    return Rule(name, commands, users, clients, tls, listeners, mailboxes, size_over, action,
-                code.upper(), " ".join(text.split()), rate, per, float(delay))  # fmt: skip
+def decided_commands(rules: tuple[Rule, ...], default_deny: bool) -> frozenset[str] | None:
+    """The commands a policy may decide about (the relay holds only those back); None:
+    every command.  A mailbox-only rule decides the commands that name mailboxes (a
+    command on the selected mailbox was decided when it was selected), unless an allow
+    rule names commands (then SELECT may pass where FETCH must not)."""
+    if default_deny:
+        return None
+    names: set[str] = set()
+    allow_by_command = any(r.action == ALLOW and r.commands is not None for r in rules)
+    for rule in rules:
+        if rule.action == ALLOW:
+            continue  # it refuses nothing; the rules after it decide what they name
+        command_names = rule.command_names()
+        if command_names is not None:
+            names |= command_names
+            continue
+        if (
+            rule.mailboxes is None
+            or rule.size_over is not None
+            or rule.action in (None, READ_ONLY)
+            or allow_by_command
+        ):
+            return None
+        names |= MAILBOX_POSITIONS.keys() | URL_COMMANDS | {"APPEND"}
+    return frozenset(names)
 
 
 __all__ = [
@@ -538,6 +419,6 @@ __all__ = [
     "candidates",
     "canonical",
     "compile_mailboxes",
-    "parse_rule",
+    "decided_commands",
     "url_mailboxes",
 ]
