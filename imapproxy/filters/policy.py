@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..logsafe import safe
 from ..wire.errors import ParseError
 from ..wire.parser import parse_response
 from ..wire.tokens import DataResponse, LiteralRef, Token, string_value
@@ -122,8 +123,9 @@ class PolicyFactory:
             if self.track_selected and self.decided is not None
             else self.decided
         )
+        self.delimiter_checked = False  # (once per process: see _check_delimiter)
         wants: set[str] = set()
-        if any(r.action == HIDE for r in rules):
+        if self.track_selected:  # (LIST answers show the server's delimiter)
             wants |= _LIST_RESPONSES
         if self.default_deny or any(r.action in (DENY, HIDE) for r in rules):
             wants.add("STATUS")
@@ -366,11 +368,35 @@ class PolicyFilter(Filter):
         mailbox = self._response_mailbox(resp)
         if mailbox is None:
             return PASS
+        if name != "STATUS" and not self.factory.delimiter_checked:
+            self._check_delimiter(resp)
         # shown unless STATUS on it would be refused (STATUS answers) or unless it is
         # hidden (LIST answers: the first allow or hide rule that matches decides)
         plan = self._plan("\x00" + ("STATUS" if name == "STATUS" else "LIST"), False, session)
         verdict = self._evaluate(None, plan, mailbox, session, answer=name)
         return DROP if type(verdict) is Reject else PASS
+
+    def _check_delimiter(self, resp: ResponseView) -> None:
+        """Warn once (per process) when the server's hierarchy delimiter is not the one
+        the policy was configured with: its patterns would not mean what they say."""
+        try:
+            parsed = parse_response(resp.raw)
+        except ParseError:
+            return
+        args = parsed.args if isinstance(parsed, DataResponse) else ()
+        if len(args) < 2:
+            return
+        sep = string_value(args[1])
+        if sep is None or not sep:
+            return  # (NIL: a flat namespace)
+        self.factory.delimiter_checked = True
+        if sep.decode("utf-8", "replace") != self.factory.delimiter:
+            log.warning(
+                'policy: the server\'s hierarchy delimiter is "%s", the policy says "%s": '
+                "set delimiter in the policy's configuration",
+                safe(sep),
+                safe(self.factory.delimiter),
+            )
 
     def _response_mailbox(self, resp: ResponseView) -> tuple[str, ...] | None:
         """The mailbox a LIST/LSUB/STATUS answer names (candidates); UNKNOWN when it

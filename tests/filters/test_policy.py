@@ -500,3 +500,23 @@ def test_bucket_store_stays_bounded() -> None:
     assert len(store) <= 100
     assert parse_rate("10/min").per_second == pytest.approx(1 / 6)
     assert parse_rate("5/10s").seconds == 10
+
+
+def test_a_delimiter_other_than_the_servers_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    factory = policy(DENY_FINANCE)  # delimiter "/"
+    with caplog.at_level(logging.WARNING, logger="imapproxy.policy"):
+        for _ in range(2):
+            s = Session(factory)
+            assert s.respond(b'* LIST (\\HasNoChildren) "." INBOX\r\n') is PASS
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        'policy: the server\'s hierarchy delimiter is ".", the policy says "/": set '
+        "delimiter in the policy's configuration"
+    ]
+    right = policy(DENY_FINANCE, delimiter=".")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imapproxy.policy"):
+        Session(right).respond(b'* LIST (\\HasNoChildren) "." INBOX\r\n')
+    assert not caplog.records
