@@ -114,15 +114,13 @@ class PolicyFactory:
         self.default_deny = default == DENY
         self.delimiter = delimiter
         self.store = store if store is not None else BucketStore(DEFAULT_MAX_BUCKETS)
-        self.decided = decided_commands(rules, self.default_deny)
         self.track_selected = any(r.mailboxes is not None for r in rules)
-        # SELECT and EXAMINE are watched (not held) to know which mailbox a pipelined
-        # command acts on
-        self.wanted = (
-            self.decided | {"SELECT", "EXAMINE"}
-            if self.track_selected and self.decided is not None
-            else self.decided
-        )
+        decided = decided_commands(rules, self.default_deny)
+        # SELECT and EXAMINE are held too, to know which mailbox a pipelined command acts
+        # on (held: a SELECT with a literal is seen whole, before anything after it)
+        if self.track_selected and decided is not None:
+            decided = decided | _SELECTS
+        self.decided = decided
         self.delimiter_checked = False  # (once per process: see _check_delimiter)
         wants: set[str] = set()
         if self.track_selected:  # (LIST answers show the server's delimiter)
@@ -148,7 +146,7 @@ class PolicyFilter(Filter):
         self.factory = factory
         self.info = info
         self.name = "policy"
-        self.wants_commands = factory.wanted
+        self.wants_commands = factory.decided
         self.wants_responses = factory.wants_responses
         # (index, rule) of the rules that hold for this client and listener
         self._session_rules = tuple(

@@ -441,6 +441,10 @@ def test_pipelined_select_then_change_in_one_write() -> None:
     s = Session(policy(rules), selected="INBOX")
     out = s.send(b"a SELECT Archive\r\nb STORE 1:* +FLAGS (\\Deleted)\r\nc EXPUNGE\r\n")
     assert out[0] == "pass" and out[1].startswith("b NO") and out[2].startswith("c NO")
+    # a SELECT with a literal is held whole too, before what follows it is decided
+    t = Session(policy(rules), selected="INBOX")
+    out = t.send(b"a SELECT {7}\r\nArchive\r\nb EXPUNGE\r\n")
+    assert out[0] == "pass" and out[1].startswith("b NO"), out
     # once the server answered the SELECT, only the confirmed mailbox counts
     s.respond(b"a NO no such mailbox\r\n")
     s.view.selected = None
