@@ -69,6 +69,7 @@ from .policy_rules import (
     K_READ_ONLY,
     NAMED,
     SELECTED,
+    SUBTREE,
     UNKNOWN,
     URL_COMMANDS,
     URLS,
@@ -78,6 +79,7 @@ from .policy_rules import (
     canonical,
     command_urls,
     decided_commands,
+    glob_reaches_below,
     named_mailboxes,
     op_shape,
     plan_for,
@@ -152,7 +154,7 @@ class PolicyFilter(Filter):
         self._session_rules = tuple(
             (i, r) for i, r in enumerate(factory.rules) if r.applies_to_session(info)
         )
-        self._patterned = tuple((i, r.mailboxes) for i, r in self._session_rules
+        self._patterned = tuple((i, r) for i, r in self._session_rules
                                 if r.mailboxes is not None)  # fmt: skip
         self._state: tuple[str | None, bool] | None = None
         self._live: tuple[tuple[int, Rule], ...] = ()
@@ -191,8 +193,15 @@ class PolicyFilter(Filter):
         if hits is None:
             if mailbox is UNKNOWN:
                 hits = frozenset(i for i, _ in self._patterned)
+            elif mailbox.startswith(SUBTREE):
+                below, d = mailbox[1:], self.factory.delimiter
+                hits = frozenset(
+                    i for i, r in self._patterned if any(
+                        glob_reaches_below(g, below, d) for g in r.globs)
+                )  # fmt: skip
             else:
-                hits = frozenset(i for i, p in self._patterned if p.match(mailbox) is not None)
+                hits = frozenset(i for i, r in self._patterned
+                                 if r.mailboxes.match(mailbox) is not None)  # type: ignore[union-attr]  # fmt: skip
             if len(self._hits) >= _MAX_HITS:
                 self._hits.clear()
             self._hits[mailbox] = hits
@@ -299,7 +308,8 @@ class PolicyFilter(Filter):
                 continue
             if kind == K_ALLOW:
                 if rule.mailboxes is not None:
-                    boxes = [m for src in srcs for m in self._operands(src, named, urls, session)]
+                    boxes = [m for src in srcs for m in self._operands(src, named, urls, session)
+                             if not m.startswith(SUBTREE)]  # fmt: skip
                     if not boxes or not all(
                         m is not UNKNOWN and index in self._hits_of(m) for m in boxes
                     ):

@@ -19,6 +19,7 @@ from .policy_rules import (
     HIDE,
     READ_ONLY,
     Rule,
+    canonical,
     compile_mailboxes,
     compile_users,
 )
@@ -150,10 +151,11 @@ def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
         listeners = frozenset(_strings(match["listener"], f"{mpath}.listener",
                                        "a listener name or address"))  # fmt: skip
     mailboxes = None
+    globs: tuple[str, ...] = ()
     if "mailbox" in match:
-        mailboxes = compile_mailboxes(
-            _strings(match["mailbox"], f"{mpath}.mailbox", "a mailbox glob"), delimiter
-        )
+        given = _strings(match["mailbox"], f"{mpath}.mailbox", "a mailbox glob")
+        globs = tuple(canonical(g, delimiter) for g in given)
+        mailboxes = compile_mailboxes(globs, delimiter)
     size_over = match.get("size_over")
     if size_over is not None and (
         isinstance(size_over, bool) or not isinstance(size_over, int) or size_over < 0
@@ -211,4 +213,5 @@ def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
             f"{path}.delay", f"expected seconds from 0 to {MAX_DELAY:g}; got {_got(delay)}"
         )
     return Rule(name, commands, users, clients, tls, listeners, mailboxes, size_over, action,
-                code.upper(), " ".join(text.split()), rate, per, float(delay))  # fmt: skip
+                code.upper(), " ".join(text.split()), rate, per, float(delay),
+                globs)  # fmt: skip

@@ -38,6 +38,10 @@ from .views import MAILBOX_ARGUMENTS, decode_mailbox
 ALLOW, DENY, READ_ONLY, HIDE = "allow", "deny", "read-only", "hide"
 ACTIONS = (ALLOW, DENY, READ_ONLY, HIDE)
 UNKNOWN = "\x00unknown mailbox"  # a name that could not be read (see the module docstring)
+# Prefix of a pseudo-name that stands for every mailbox below a name ("\x01Corp/"): a RENAME
+# moves them all.  Restricting rules whose pattern reaches below it match it; allow rules
+# do not look at it.
+SUBTREE = "\x01"
 
 # Commands that name mailboxes, beyond views.MAILBOX_ARGUMENTS (which is the lead's):
 # REPLACE (RFC 8508) names its target after the sequence set.
@@ -191,10 +195,47 @@ def named_mailboxes(cmd: CommandView, delimiter: str) -> tuple[str, ...]:
     found: list[str] = []
     for i in positions:
         if i < len(args):
-            found.extend(_mailbox_token(args[i], delimiter))
+            names = _mailbox_token(args[i], delimiter)
+            found.extend(names)
+            if cmd.name == "RENAME" and i == 0:
+                # RENAME moves the mailboxes below too: a rule on one of them is a rule
+                # on this RENAME
+                found.extend(SUBTREE + n + delimiter for n in names if n is not UNKNOWN)
         elif not cmd.complete:
             found.append(UNKNOWN)  # not read before the decision
     return tuple(found)
+
+
+def glob_reaches_below(glob: str, prefix: str, delimiter: str) -> bool:
+    """Whether the (canonical) glob matches some name that starts with ``prefix`` (a
+    mailbox name and the delimiter): a walk of the glob over the prefix."""
+    states = _skip_wildcards(glob, {0})
+    for ch in prefix:
+        following: set[int] = set()
+        for i in states:
+            if i >= len(glob):
+                continue
+            g = glob[i]
+            if g == "*" or (g == "%" and ch != delimiter):
+                following.add(i)
+            elif g == ch:
+                following.add(i + 1)
+        states = _skip_wildcards(glob, following)
+        if not states:
+            return False
+    return True
+
+
+def _skip_wildcards(glob: str, states: set[int]) -> set[int]:
+    """States plus those reached by matching wildcards with nothing."""
+    out = set(states)
+    todo = list(states)
+    while todo:
+        i = todo.pop()
+        if i < len(glob) and glob[i] in "*%" and i + 1 not in out:
+            out.add(i + 1)
+            todo.append(i + 1)
+    return out
 
 
 def command_urls(cmd: CommandView) -> list[bytes]:
@@ -265,6 +306,7 @@ class Rule:
     rate: Rate | None = None
     per: str = "user"  # or "client": whose bucket a rate rule takes from
     delay: float = 0.0  # seconds a refused login waits (rate rules on logins)
+    globs: tuple[str, ...] = ()  # the mailbox patterns, canonical (for subtrees)
 
     # -- conditions fixed for a session (client, listener) or a login (user, TLS)
 

@@ -423,6 +423,20 @@ def test_dot_delimiter() -> None:
     assert s.one(b"a SELECT Finance/2024") == "pass"  # "/" is a character there
 
 
+def test_rename_of_a_parent_moves_what_a_rule_covers_below_it() -> None:
+    rules = [{"match": {"mailbox": ["Corp/Secret/*", "Team/%/Private"]}, "action": "deny"}]
+    s = Session(policy(rules))
+    for line in (b"a RENAME Corp Corp2", b"a RENAME Corp/Secret X", b"a RENAME Team X",
+                 b"a RENAME Team/Sub X", b"a RENAME X Corp/Secret/y"):  # fmt: skip
+        assert s.one(line).startswith("a NO"), line
+    assert s.one(b"a RENAME Other Corp2") == "pass"
+    assert s.one(b"a RENAME Team/Sub/Private2 X") == "pass"
+    assert s.one(b"a RENAME Team/A/B X") == "pass"  # ("%" is one level)
+    assert s.one(b"a DELETE Corp") == "pass"  # (DELETE leaves the mailboxes below)
+    hide = policy([{"match": {"mailbox": "HR/*"}, "action": "hide"}])
+    assert Session(hide).one(b"a RENAME HR X").startswith("a NO [NONEXISTENT]")
+
+
 def test_move_and_copy_then_expunge_and_close() -> None:
     rules = [{"name": "keep-archive", "match": {"command": "EXPUNGE", "mailbox": "Archive"},
               "action": "deny"}]  # fmt: skip

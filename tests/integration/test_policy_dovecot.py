@@ -114,7 +114,8 @@ async def sync_literal(client: ImapClient, tag: bytes, head: bytes, literal: byt
 
 BATTERY_RULES = [
     {"name": "no-finance", "match": {"mailbox": ["Finance.*", "Finänce*"]}, "action": "deny"},
-    {"name": "private", "match": {"mailbox": "INBOX.Private.*"}, "action": "deny"},
+    {"name": "private", "match": {"mailbox": ["INBOX.Private.*", "Team.Secret.*"]},
+     "action": "deny"},
     {"name": "keep-inbox", "match": {"command": ["STORE", "EXPUNGE"], "mailbox": "INBOX"},
      "action": "deny"},
 ]  # fmt: skip
@@ -130,6 +131,7 @@ SPELLINGS = [
     b"SELECT {8+}\r\nFin\xc3\xa4nce", b"SELECT inbox.Private", b"SELECT InBoX.Private",
     b"DELETE inbox.Private", b'APPEND Finance.2024 {3+}\r\nabc',
     b'APPEND Other CATENATE (URL "/Finance.2024;UIDVALIDITY=1/;UID=1")',
+    b"RENAME Team Renamed",  # (Dovecot renames Team.Secret with it)
 ]  # fmt: skip
 # In INBOX (selected), with a message flagged \Deleted: nothing may expunge it or change
 # a flag (one write each; the last ones pipelined).
@@ -144,7 +146,7 @@ async def test_bypass_battery_leaves_dovecot_unchanged(
 ) -> None:
     user, password = new_user()
     create_boxes(dovecot, user, password, "Finance", "Finance.2024", "Fin&AOQ-nce",
-                 "INBOX.Private", "Other")  # fmt: skip
+                 "INBOX.Private", "Other", "Team", "Team.Secret")  # fmt: skip
     dovecot.seed_message(user, MSG, mailbox="Finance.2024")
     dovecot.seed_message(user, MSG, mailbox="INBOX.Private")
     dovecot.seed_message(user, MSG, flags="T")  # \Deleted, in INBOX
