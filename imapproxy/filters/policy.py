@@ -68,6 +68,7 @@ from .policy_rules import (
     K_RATE,
     K_READ_ONLY,
     NAMED,
+    SEEN_FETCH,
     SELECTED,
     SUBTREE,
     UNKNOWN,
@@ -83,6 +84,7 @@ from .policy_rules import (
     named_mailboxes,
     op_shape,
     plan_for,
+    sets_seen,
     url_mailboxes,
 )
 from .ratelimit import BucketStore
@@ -228,7 +230,8 @@ class PolicyFilter(Filter):
             # the relay asks before a small literal comes: decided once the command is whole
             return PASS
         name = cmd.name
-        plan = self._plan(name, cmd.uid, session)
+        plan = self._plan(SEEN_FETCH if name == "FETCH" and sets_seen(cmd) else name, cmd.uid,
+                          session)  # fmt: skip
         factory = self.factory
         named: tuple[str, ...] | None = None
         verdict: Verdict = PASS

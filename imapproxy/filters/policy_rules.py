@@ -75,6 +75,10 @@ IMPLIED_BY: dict[str, frozenset[str]] = {}
 for _outer, _parts in IMPLIED.items():
     for _inner, _ in _parts:
         IMPLIED_BY[_inner] = IMPLIED_BY.get(_inner, frozenset()) | {_outer}
+# A FETCH of a body section without .PEEK sets \Seen (RFC 9051 6.4.5): a STORE too.
+SEEN_FETCH = "FETCH\x02"  # (the plan name of such a FETCH)
+IMPLIED_BY["STORE"] |= {"FETCH"}
+_SEEN_ITEMS = re.compile(r"(?:BODY|BINARY)\[|RFC822(?:\.TEXT)?\Z", re.IGNORECASE)
 
 # read-only allows exactly these (anything else changes something, or might: an unknown
 # command is refused).  SELECT is let through as EXAMINE.  CLOSE is harmless once every
@@ -172,6 +176,8 @@ def op_shape(name: str) -> tuple[tuple[str, int], ...]:
     """What a command called ``name`` does: its operations, each with where its mailboxes
     come from (the first is the command itself).  An operation on URLS exists only when
     the command has URLs."""
+    if name == SEEN_FETCH:
+        return (("FETCH", SELECTED), ("STORE", SELECTED))
     if name in MAILBOX_POSITIONS:
         own = NAMED  # (COPY/MOVE: the destination; the source is in the implied operations)
     elif name in URL_COMMANDS:
@@ -245,6 +251,17 @@ def command_urls(cmd: CommandView) -> list[bytes]:
     if cmd.name in URL_COMMANDS:
         return [v for a in cmd.args if (v := string_value(a)) is not None]
     return []
+
+
+def sets_seen(cmd: CommandView) -> bool:
+    """A FETCH that sets \\Seen: BODY[...], BINARY[...], RFC822 or RFC822.TEXT (not their
+    .PEEK forms, not RFC822.HEADER/SIZE)."""
+    for arg in cmd.args[1:]:
+        items = arg.items if isinstance(arg, ParenList) else (arg,)
+        for item in items:
+            if isinstance(item, Atom) and _SEEN_ITEMS.match(item.value):
+                return True
+    return False
 
 
 def command_matches(commands: frozenset[str] | None, name: str, uid: bool) -> bool:
@@ -377,8 +394,9 @@ def plan_for(
         if rule.action == READ_ONLY:
             # (CLOSE expunges only a mailbox opened read-write: every SELECT that matched a
             # read-only rule went as EXAMINE)
+            # (nor a FETCH's \Seen, for the same reason)
             changes = [m for m in matching if m[1] not in READ_COMMANDS and (
-                first != "CLOSE" or m[0] == 0)]  # fmt: skip
+                first not in ("CLOSE", "FETCH") or m[0] == 0)]  # fmt: skip
             srcs = tuple(sorted({src for _, _, src in changes}))
             select = first == "SELECT" and bool(matching) and matching[0][0] == 0
             if srcs or select:

@@ -450,6 +450,22 @@ def test_move_and_copy_then_expunge_and_close() -> None:
     assert Session(no_copy_in, selected="INBOX").one(b"a MOVE 1 Archive").startswith("a NO")
 
 
+def test_a_fetch_that_sets_seen_is_a_store() -> None:
+    rules = [{"match": {"command": "STORE", "mailbox": "INBOX"}, "action": "deny"}]
+    s = Session(policy(rules), selected="INBOX")
+    seen = (b"a FETCH 1 BODY[]", b"a UID FETCH 1 (FLAGS BODY[TEXT]<0.10>)",
+            b"a FETCH 1 rfc822", b"a FETCH 1:* (BINARY[1])", b"a FETCH 1 RFC822.TEXT")  # fmt: skip
+    for line in seen:
+        assert s.one(line).startswith("a NO"), line
+    for line in (b"a FETCH 1 BODY.PEEK[]", b"a FETCH 1 (RFC822.HEADER RFC822.SIZE BODY)",
+                 b"a FETCH 1 FULL", b"a UID FETCH 1 BINARY.PEEK[1]"):  # fmt: skip
+        assert s.one(line) == "pass", line
+    # under read-only, where SELECT went as EXAMINE, a FETCH sets nothing: it passes
+    ro = Session(policy([{"match": {"mailbox": "INBOX"}, "action": "read-only"}]),
+                 selected="INBOX")  # fmt: skip
+    assert ro.one(b"a FETCH 1 BODY[]") == "pass"
+
+
 def test_pipelined_select_then_change_in_one_write() -> None:
     rules = [{"match": {"command": ["EXPUNGE", "STORE"], "mailbox": "Archive"}, "action": "deny"}]
     s = Session(policy(rules), selected="INBOX")
@@ -477,6 +493,7 @@ def test_only_what_can_be_decided_is_held_back() -> None:
     assert decided is not None
     assert {"SELECT", "COPY", "MOVE", "APPEND", "RENAME", "GETACL"} <= decided
     assert not {"FETCH", "STORE", "SEARCH", "NOOP", "LOGIN"} & decided
+    assert "FETCH" in policy([{"match": {"command": "STORE"}, "action": "deny"}]).decided
     expunge = policy([{"match": {"command": "UID EXPUNGE"}, "action": "deny"}]).decided
     assert expunge == {"EXPUNGE", "MOVE", "CLOSE", "REPLACE"}
     assert policy([{"match": {"user": "x"}, "action": "deny"}]).decided is None

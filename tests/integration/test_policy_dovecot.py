@@ -138,6 +138,7 @@ SPELLINGS = [
 IN_INBOX = [
     b"STORE 1 +FLAGS (\\Flagged)", b"store 1 -FLAGS (\\Deleted)", b"UID STORE 1:* FLAGS ()",
     b"EXPUNGE", b"uid expunge 1:*", b"MOVE 1 Other", b"UID MOVE 1:* Other", b"CLOSE",
+    b"FETCH 1 BODY[]", b"UID FETCH 1:* (FLAGS RFC822)",  # (they would set \Seen)
 ]  # fmt: skip
 
 
