@@ -9,6 +9,9 @@ no change, not only the client's NO.
 from __future__ import annotations
 
 import imaplib
+import io
+import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +24,8 @@ from imapclient.exceptions import IMAPClientError
 from imapproxy.config import Endpoint, ListenerConfig, ProxyConfig, UpstreamConfig
 from imapproxy.filters import ChainEntry, FilterChain, OnError
 from imapproxy.filters.policy import make_policy
+from imapproxy.filters.sink import RecordSink
+from imapproxy.filters.transcript import TranscriptFactory, format_jsonl
 from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import ImapClient, status_of
 from tests.support.proxy import running_proxy
@@ -479,3 +484,38 @@ def test_dovecot_refuses_what_canonical_names_fold(dovecot: DovecotServer) -> No
     finally:
         conn.delete("INBOX.Sub")
         conn.logout()
+
+
+# ----------------------------------------------------------------------------- records
+
+
+async def test_a_block_is_a_log_line_and_a_transcript_record_naming_the_rule(
+    dovecot: DovecotServer, new_user: NewUser, caplog: pytest.LogCaptureFixture
+) -> None:
+    user, password = new_user()
+    create_boxes(dovecot, user, password, "Finance.2024")
+    out = io.StringIO()
+    sink = RecordSink("-", format_jsonl, stream=out)
+    factory = make_policy({"delimiter": ".", "rules": BATTERY_RULES}, "filters[0]")
+    chain = FilterChain([
+        ChainEntry("policy", factory, OnError.CLOSED),
+        ChainEntry("transcript", TranscriptFactory(sink, bodies=False), OnError.OPEN),
+    ])  # fmt: skip
+    with caplog.at_level(logging.INFO), trio.fail_after(20):
+        async with running_proxy(config_for(dovecot.port), filters=chain) as (_, addrs):
+            client = await ImapClient.connect(*addrs[0])
+            await login(client, user, password)
+            reply = await client.command(b"x1", b"SELECT Finance.2024")
+            assert reply == [b"x1 NO [NOPERM] not allowed\r\n"]
+            await client.command(b"z", b"LOGOUT")
+            await client.read_until_eof()
+            while '"session_end"' not in out.getvalue():  # noqa: ASYNC110
+                await trio.sleep(0.02)
+    records = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    command = next(r for r in records if r["type"] == "command" and r["tag"] == "x1")
+    assert command["verdict"] == "reject" and command["filter"] == "policy/no-finance"
+    reply_record = next(r for r in records if r["type"] == "response" and r["tag"] == "x1")
+    assert reply_record["code"] == "NOPERM" and reply_record["text"].endswith("not allowed")
+    lines = [r.getMessage() for r in caplog.records if r.name == "imapproxy.policy"]
+    assert len(lines) == 1 and lines[0].endswith(": policy rule no-finance: SELECT denied")
+    assert password not in caplog.text and "Finance" not in lines[0]
