@@ -25,6 +25,14 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         """``HOST:PORT``, ``[IPv6]:PORT``."""
+        scheme, sep, rest = text.partition("://")
+        if sep:  # imaps://host:993, a URL: say what to write instead
+            host_port = rest.split("/", 1)[0] or "HOST:PORT"
+            raise ValueError(
+                f"bad address {text!r}: write HOST:PORT without {scheme}:// (e.g. "
+                f"{host_port}); TLS is chosen by --upstream-tls implicit|starttls (or "
+                "--listen-tls for a listener)"
+            )
         if text.startswith("["):
             host, sep, port = text[1:].partition("]:")
             if not sep:
@@ -48,9 +56,19 @@ class Endpoint:
 class ListenerConfig:
     endpoint: Endpoint
     implicit_tls: bool  # True: TLS from the first byte; False: plain, STARTTLS if a cert is set
+    # A plain listener offers STARTTLS when it has a certificate, unless this is False
+    # (the config file's tls = "none").
+    starttls: bool = True
+    # This listener's own certificate and key (default: ProxyConfig's).
+    cert_file: str | None = None
+    key_file: str | None = None
+    # What logs, the policy's `listener` rule and metrics call it (default: its name below).
+    label: str | None = None
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         return ("imaps" if self.implicit_tls else "imap") + f"@{self.endpoint}"
 
 
@@ -61,6 +79,7 @@ class UpstreamConfig:
     ca_file: str | None = None  # None: the system's CAs
     insecure: bool = False  # skip certificate and hostname verification (logged loudly)
     server_hostname: str | None = None  # SNI / verification name; default: the host
+    keylog_file: str | None = None  # TLS secrets of upstream connections (SSLKEYLOGFILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +88,10 @@ class Timeouts:
     tls_handshake: float = 10.0
     # Connecting to the upstream and reading its greeting (and upstream STARTTLS).
     upstream_connect: float = 10.0
-    upstream_greeting: float = 10.0
+    # IMAP servers greet as soon as they accept (well under a second, even far away); a
+    # silent one is almost always not IMAP, or a TLS port (993) spoken to in plain, which
+    # should be reported soon.  5 s still covers a loaded server.
+    upstream_greeting: float = 5.0
     # Before login a silent client is probably a scanner.
     idle_unauthenticated: float = 120.0
     # From connect to authenticated (the server accepted LOGIN/AUTHENTICATE, or greeted
@@ -88,6 +110,10 @@ class Timeouts:
     # silent too, has lost the command (e.g. it answered only with an untagged BAD): the
     # session ends rather than live on forever.
     answer_timeout: float = 60 * 60.0
+    # A filter's command hook that must wait (a lookup, a login delay) is given this long;
+    # beyond it the hook counts as failed (its on_error applies).  The session's next
+    # commands wait behind it, so it stays short.
+    filter_hook: float = 5.0
     # Graceful shutdown: how long sessions may go on after the listeners close.
     shutdown_drain: float = 10.0
     # Writing a last BYE to a client that does not read must not hold anything up.
@@ -120,6 +146,7 @@ class ProxyConfig:
     key_file: str | None = None
     # Refuse LOGIN/AUTHENTICATE on a plaintext client connection (advertise LOGINDISABLED).
     require_tls_for_login: bool = False
+    keylog_client: str | None = None  # TLS secrets of client connections (SSLKEYLOGFILE)
     limits: Limits = DEFAULT_LIMITS
     timeouts: Timeouts = field(default_factory=Timeouts)
     session_limits: SessionLimits = field(default_factory=SessionLimits)
@@ -133,3 +160,10 @@ class ProxyConfig:
             raise ValueError("--cert and --key go together")
         if self.require_tls_for_login and not self.cert_file:
             raise ValueError("requiring TLS for login needs --cert and --key (for STARTTLS)")
+        if self.keylog_client and not self.cert_file:
+            raise ValueError(
+                "--tls-keylog-client needs --cert and --key (without them no client "
+                "connection uses TLS)"
+            )
+        if self.upstream.keylog_file and self.upstream.tls is UpstreamTls.NONE:
+            raise ValueError("--tls-keylog-upstream needs --upstream-tls implicit or starttls")

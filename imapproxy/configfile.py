@@ -24,10 +24,12 @@ from .filters.api import ConfigError, FilterMaker
 from .filters.chain import FilterChain
 from .filters.policy import make_policy
 from .filters.registry import build_chain
+from .filters.rewrite import make_rewrite
 from .filters.transcript import make_transcript
 
 BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
     "transcript": make_transcript,
+    "rewrite": make_rewrite,
     "policy": make_policy,
 }
 

@@ -252,8 +252,14 @@ def test_require_tls_for_login_needs_a_certificate(tls_certs: TlsCerts) -> None:
     assert parse(*LISTEN, *UP, *cert, "--require-tls-for-login").require_tls_for_login
 
 
-def test_no_listener() -> None:
-    assert _error(*UP) == "give at least one --listen or --listen-tls"
+def test_no_listener_gives_a_plain_loopback_listener(tls_certs: TlsCerts) -> None:
+    assert parse(*UP).listeners == (
+        ListenerConfig(Endpoint("127.0.0.1", 1143), implicit_tls=False),
+    )
+    cert = ["--cert", str(tls_certs.cert_path), "--key", str(tls_certs.key_path)]
+    assert parse("--listen-tls", "127.0.0.1:1993", *UP, *cert).listeners == (
+        ListenerConfig(Endpoint("127.0.0.1", 1993), implicit_tls=True),
+    )
 
 
 @pytest.mark.parametrize(
@@ -299,14 +305,13 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
         (["run", "--listen", "nonsense", *UP], "bad address 'nonsense': expected HOST:PORT"),
         (["run", "--listen", "::1:143", *UP], "write IPv6 addresses as [ADDR]:PORT"),
         (["run", "--listen", "127.0.0.1:99999", *UP], "port out of range"),
-        (["run", *UP], "give at least one --listen or --listen-tls"),
         (["run", "--listen-tls", "127.0.0.1:1993", *UP], "--listen-tls needs --cert and --key"),
         (["run", *LISTEN, *UP, "--require-tls-for-login"], "requiring TLS for login needs"),
         (["run", *LISTEN], "the following arguments are required: --upstream"),
         (["run", *LISTEN, *UP, "--log-level", "TRACE"], "argument --log-level: invalid choice"),
-        ([], "the following arguments are required: command"),
+        ([], "the following arguments are required: COMMAND"),
     ],
-    ids=["bad_address", "ipv6", "port", "no_listener", "tls_no_cert", "require_tls",
+    ids=["bad_address", "ipv6", "port", "tls_no_cert", "require_tls",
          "no_upstream", "log_level", "no_command"],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_error_line(argv: list[str], error: str) -> None:
@@ -352,10 +357,14 @@ def test_log_level_sets_what_the_process_logs(
     assert (" INFO " in log) is info_logged, log
 
 
-def test_a_key_that_is_not_pem_says_so(tmp_path: Path) -> None:
+def test_a_key_that_is_not_pem_says_so(tmp_path: Path, tls_certs: TlsCerts) -> None:
     junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate\n")
-    result = run_cli("run", *LISTEN, *UP, "--cert", str(junk), "--key", str(junk))
+    junk.write_text("not a key\n")
+    result = run_cli(
+        "run", *LISTEN, *UP, "--cert", str(tls_certs.cert_path), "--key", str(junk)
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.splitlines()[-1]
-    assert str(junk) in last and "not a PEM certificate chain" in last, last
+    assert result.stderr.splitlines() == [
+        f"imapproxy run: error: --key {junk}: not a PEM private key (-----BEGIN PRIVATE "
+        "KEY-----); give the key the certificate was made for"
+    ]

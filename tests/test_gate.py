@@ -240,3 +240,40 @@ def test_only_wanted_commands_are_held_or_viewed() -> None:
     # refused on its head: the client is never asked for the literal
     assert len(decisions) == 1 and isinstance(decisions[0], Refuse)
     assert f.seen == ["LOGIN"]
+
+
+BIG = 200_000  # over inline_literal_bytes: the literal streams after the decision
+
+
+@pytest.mark.parametrize("plus", [b"", b"+"])
+def test_the_head_of_a_streaming_command_can_be_replaced(plus: bytes) -> None:
+    """A large APPEND is decided on its head; a filter may replace the head (a renamed
+    mailbox) as long as it announces the same literal, which then streams as the client
+    sends it."""
+    new = b"a1 APPEND {13}\r\nINBOX.Archive (\\Seen) {%d}\r\n" % BIG
+
+    def rename(cmd: CommandView) -> object:
+        return Replace(new) if cmd.name == "APPEND" else PASS
+
+    gate, f, _ = gate_with(rename)
+    decisions = drive(gate, b"a1 APPEND Archive (\\Seen) {%d%s}\r\n" % (BIG, plus))
+    [d] = decisions
+    assert isinstance(d, Forward) and d.streams and d.replaced
+    assert d.segments == (b"a1 APPEND {13}\r\n", b"INBOX.Archive (\\Seen) {%d}\r\n" % BIG)
+    assert not f.seen[0].complete
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        b"a1 APPEND Other {%d}\r\n" % (BIG + 1),  # another size
+        b"a1 APPEND Other ~{%d}\r\n" % BIG,  # binary instead of text
+        b"a1 APPEND Other {5}\r\nhello\r\n",  # a complete command instead of a head
+        b"a1 APPEND Other {%d}\r\nextra" % BIG,  # bytes after the announcement
+        b"a2 APPEND Other {%d}\r\n" % BIG,  # another tag
+    ],
+)
+def test_a_replaced_head_must_announce_the_same_literal(replacement: bytes) -> None:
+    gate, _, _ = gate_with(lambda cmd: Replace(replacement))
+    [d] = drive(gate, b"a1 APPEND Archive {%d}\r\n" % BIG)
+    assert isinstance(d, Refuse) and d.reply == b"a1 NO [UNAVAILABLE] filter failed\r\n"

@@ -1,6 +1,6 @@
 """End reasons are a closed, documented set (they become metric labels): every reason the
-session module can end with is listed in ``END_REASONS``; peer text in the end line is
-escaped and cut short."""
+session (its module and the relay modules it is split into) can end with is listed in
+``END_REASONS``; peer text in the end line is escaped and cut short."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import imapproxy.relay.session as session
 from imapproxy.relay.session import END_REASONS, SessionEnd
 
-SOURCE = Path(session.__file__).read_text()
+SOURCE = "\n".join(p.read_text() for p in sorted(Path(session.__file__).parent.glob("*.py")))
 # SessionEnd("reason", ...) and unavailable("reason", ...), on one line or the next
 _USED = re.compile(r'(?:SessionEnd|unavailable)\(\s*"([a-z_]+)"')
 

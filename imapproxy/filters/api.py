@@ -2,7 +2,8 @@
 
 A filter is an object with up to five hooks, made once per session by a factory, so
 per-session state needs no locks (anything process-wide is shared explicitly, through the
-factory).  Hooks are plain functions and do no I/O:
+factory).  Hooks are plain functions and do no I/O (one exception: a deciding filter's
+``command`` hook may return an awaitable when it must wait, see :mod:`.chain`):
 
 * ``session_started(session)``: the connection is set up (TLS details known);
 * ``authenticated(session)``: the server accepted a login (``session.user`` is set);
@@ -30,11 +31,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 from ..wire.conversation import Phase  # RFC 9051 §3 states, as the server confirmed them
+from ..wire.errors import ParseError
 from ..wire.events import FrameKind
+from ..wire.limits import DEFAULT_LIMITS
+from ..wire.parser import parse_command
 from ..wire.secret import Secret
 from ..wire.tokens import Token
 
@@ -95,28 +99,65 @@ class LiteralInfo:
     inline: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+class _Unparsed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNPARSED"
+
+
+# ``CommandView.args`` not parsed yet: parsed from ``raw`` when first asked for.
+UNPARSED: Any = _Unparsed()
+
+
+class _Parsed:
+    """``CommandView.args`` and ``parse_error``: given, or parsed from ``raw`` on first
+    use (most commands are only ever shown, never taken apart: a transcript writes
+    ``raw``, and parsing every pipelined command would cost more than relaying it)."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            if self.name == "parse_error":
+                return None  # (the dataclass field's default)
+            raise AttributeError(self.name)  # (no default: a required field)
+        d = obj.__dict__
+        if d["args"] is UNPARSED:
+            obj._parse()
+        return d[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+@dataclass(frozen=True)
 class CommandView:
     """A client command, parsed.
 
     ``name`` is upper-case without a ``UID`` prefix (``uid`` says whether there was one;
     :attr:`full_name` gives ``"UID FETCH"``).  ``args`` are the wire parser's tokens
-    (credentials wrapped in :class:`~imapproxy.wire.secret.Secret`); a literal too large
-    to hold is a :class:`~imapproxy.wire.tokens.LiteralRef` and ``complete`` is False: the
-    decision is taken on what precedes it (APPEND's mailbox, flags and size) and the
-    literal streams only after it passed.  ``raw`` is the command as the client sent it,
-    up to that point.  ``parse_error`` is set when the arguments could not be parsed (the
-    head is still known; such a command usually gets a BAD from the server).
+    (credentials wrapped in :class:`~imapproxy.wire.secret.Secret`), parsed from ``raw``
+    when first asked for; a literal too large to hold is a
+    :class:`~imapproxy.wire.tokens.LiteralRef` and ``complete`` is False: the decision is
+    taken on what precedes it (APPEND's mailbox, flags and size) and the literal streams
+    only after it passed.  ``raw`` is the command as the client sent it, up to that point
+    (after a filter replaced it, as the next filter sees it: ``args`` follow).
+    ``parse_error`` is set when the arguments could not be parsed (the head is still
+    known; such a command usually gets a BAD from the server).
     """
 
     tag: bytes
     name: str
     uid: bool
-    args: tuple[Token, ...]
+    args: tuple[Token, ...] = _Parsed()  # type: ignore[assignment]
     raw: bytes
     literals: tuple[LiteralInfo, ...] = ()
     complete: bool = True
-    parse_error: str | None = None
+    parse_error: str | None = _Parsed()  # type: ignore[assignment]
     # LOGIN/AUTHENTICATE in any form, or what a client sent after a login the proxy
     # refused: ``raw`` holds credentials and must never be shown (args has them as Secret)
     sensitive: bool = False
@@ -126,6 +167,23 @@ class CommandView:
     # itself refused it: a malformed head, a tag in use); ``by`` names who decided.
     verdict: str | None = None
     by: str | None = None
+
+    def _parse(self) -> None:
+        d = self.__dict__
+        try:
+            d["args"] = parse_command(self.raw, d.get("_limits") or DEFAULT_LIMITS).args
+            d["parse_error"] = None
+        except ParseError as exc:
+            d["args"] = ()
+            d["parse_error"] = exc.message
+
+    def with_raw(self, raw: bytes, **changes: Any) -> CommandView:
+        """The same command with other bytes (a filter's replacement): its ``args`` are
+        parsed from them when asked for."""
+        view = replace(self, raw=raw, args=UNPARSED, parse_error=None, **changes)
+        if "_limits" in self.__dict__:
+            view.__dict__["_limits"] = self.__dict__["_limits"]
+        return view
 
     @property
     def full_name(self) -> str:
@@ -204,7 +262,10 @@ PASS = Pass()
 @dataclass(frozen=True, slots=True)
 class Replace:
     """Send ``raw`` (one complete message, CRLF-terminated) instead.  The next filter sees
-    the replacement.  Not for a message with a streamed literal."""
+    the replacement.  A command keeps its tag.  A command whose last literal streams (its
+    view is not ``complete``: a large APPEND) is replaced up to that literal: ``raw`` ends
+    with the same announcement (``{N}``, same size and kind), and the literal follows
+    as the client sends it.  Not for a response too long to parse."""
 
     raw: bytes
 

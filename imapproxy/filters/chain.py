@@ -15,13 +15,20 @@ Running a hook:
 * an exception is reported through ``on_error`` (the relay logs it with the session id and
   counts it) and the filter's :class:`~.api.OnError` applies: ``open`` lets the message
   pass that filter unchanged, ``closed`` refuses the command (``NO [UNAVAILABLE]``) or
-  ends the session for a response.  It never reaches another session or the proxy.
+  ends the session for a response.  It never reaches another session or the proxy;
+* a deciding filter's ``command`` hook may return an awaitable instead of a verdict (it
+  must wait: a lookup, a delay): the chain stops there with a :class:`Suspended`, the
+  relay awaits it under ``Timeouts.filter_hook`` (a timeout counts as the hook raising)
+  and resumes the chain at the next filter.  Later commands of the session wait (order
+  is kept); other sessions do not.  Other hooks are plain functions (an awaitable from
+  one is the filter's bug).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from ..wire.events import FrameKind
@@ -168,7 +175,9 @@ class SessionFilters:
         """A notification hook; a closed filter failing ends the session."""
         for f, on_error in self._filters:
             try:
-                getattr(f, hook)(session)
+                if inspect.isawaitable(result := getattr(f, hook)(session)):
+                    _discard(result)
+                    raise TypeError(f"{hook} cannot wait (only the command hook may be async)")
             except Exception as exc:
                 self.report(f.name, hook, exc)
                 if on_error is OnError.CLOSED:
@@ -177,42 +186,101 @@ class SessionFilters:
 
     # ------------------------------------------------------------------ messages
 
-    def command(self, cmd: CommandView, session: SessionView) -> tuple[Verdict, str | None]:
+    def command(
+        self, cmd: CommandView, session: SessionView
+    ) -> tuple[Verdict | Suspended, str | None]:
         """Run a command through the chain.  Returns the verdict (PASS, a Replace with the
         final bytes, or a terminal verdict) and the name of the filter that gave it (the
         last replacing one for a Replace; None for PASS).  Observers run last, on what
-        was decided."""
-        verdict, by = self._decide_command(cmd, session)
+        was decided.
+
+        A filter whose hook returned an awaitable suspends the chain: the result is then a
+        :class:`Suspended` (and None); the relay awaits it and hands the outcome to
+        :meth:`resume_command`, which goes on with the next filter."""
+        return self._decided(*self._decide_command(cmd, session, 0, None, None), session)
+
+    def resume_command(
+        self, pending: Suspended, outcome: object, session: SessionView
+    ) -> tuple[Verdict | Suspended, str | None]:
+        """Go on after a suspended hook: ``outcome`` is what its awaitable returned, or
+        the exception it raised (a timeout included).  May suspend again."""
+        cmd = pending.cmd
+        f, on_error = self._deciders[pending.index]
+        if isinstance(outcome, BaseException):
+            self.report(f.name, "command", outcome)
+            if on_error is OnError.CLOSED:
+                return self._decided(FAILED_CLOSED_COMMAND, f.name, cmd, session)
+            step = None
+        else:
+            try:
+                step = self._step(f, outcome, cmd)
+            except Exception as exc:
+                self.report(f.name, "command", exc)
+                if on_error is OnError.CLOSED:
+                    return self._decided(FAILED_CLOSED_COMMAND, f.name, cmd, session)
+                step = None
+        replaced, replaced_by = pending.replaced, pending.replaced_by
+        if type(step) is Replace:
+            replaced, replaced_by = step, f.name
+            cmd = cmd.with_raw(step.raw)
+        elif step is not None:
+            return self._decided(step, f.name, cmd, session)
+        return self._decided(
+            *self._decide_command(cmd, session, pending.index + 1, replaced, replaced_by),
+            session,
+        )
+
+    def _decided(
+        self,
+        verdict: Verdict | Suspended,
+        by: str | None,
+        cmd: CommandView,
+        session: SessionView,
+    ) -> tuple[Verdict | Suspended, str | None]:
+        """The chain's verdict on ``cmd``, shown to the observers (unless suspended)."""
+        if type(verdict) is Suspended:
+            return verdict, None
         if self._observers:
             if type(verdict) is Replace:
-                cmd = replace(cmd, raw=verdict.raw, verdict="replace", by=by)
+                cmd = cmd.with_raw(verdict.raw, verdict="replace", by=by)
             elif type(verdict) is not Pass:
                 cmd = replace(cmd, verdict=_VERDICT_NAMES[type(verdict)], by=by)
             failed = self._observe("command", cmd, session, self._observers)
             if failed is not None and type(verdict) in (Pass, Replace):
                 return FAILED_CLOSED_COMMAND, failed
-        return verdict, by
+        return verdict, by  # type: ignore[return-value]
 
     def precheck(self, cmd: CommandView, session: SessionView) -> tuple[Verdict, str | None]:
         """The deciding filters on a command the relay is still assembling (``complete``
         False, ``raw`` up to a small literal it has not yet asked the client for): a
         refusal now saves the client sending the literal.  Only terminal verdicts count;
-        observers are not shown partial commands."""
-        verdict, by = self._decide_command(cmd, session)
+        observers are not shown partial commands, and a hook that would wait (returns an
+        awaitable) is not waited for here: it decides on the whole command."""
+        verdict, by, _ = self._decide_command(cmd, session, 0, None, None)
+        if type(verdict) is Suspended:
+            verdict.discard()
+            return PASS, None
         if type(verdict) is Pass or type(verdict) is Replace:
             return PASS, None
-        return verdict, by
+        return verdict, by  # type: ignore[return-value]
 
     def observe_command(self, cmd: CommandView, session: SessionView) -> None:
         """Show observers a command the relay itself refused (``cmd.verdict`` says so)."""
         self._observe("command", cmd, session, self._observers)
 
     def _decide_command(
-        self, cmd: CommandView, session: SessionView
-    ) -> tuple[Verdict, str | None]:
-        replaced: Replace | None = None
-        replaced_by: str | None = None
-        for f, on_error in self._deciders:
+        self,
+        cmd: CommandView,
+        session: SessionView,
+        start: int,
+        replaced: Replace | None,
+        replaced_by: str | None,
+    ) -> tuple[Verdict | Suspended, str | None, CommandView]:
+        """The deciding filters from ``start`` on: (verdict, by, the command as the last
+        filter saw it)."""
+        deciders = self._deciders
+        for index in range(start, len(deciders)):
+            f, on_error = deciders[index]
             if f.wants_commands is not None and cmd.name not in f.wants_commands:
                 continue
             try:
@@ -221,25 +289,43 @@ class SessionFilters:
                     continue
                 decided = f.decided_commands()
                 if decided is not None and cmd.name not in decided:
+                    _discard(verdict)
                     continue  # shown, not held back: not this filter's to decide
-                if type(verdict) is Replace:
-                    if not cmd.complete:
-                        raise ValueError("Replace of a command whose literal streams")
-                    replaced, replaced_by = verdict, f.name
-                    cmd = replace(cmd, raw=verdict.raw)
-                    continue
-                if type(verdict) is Reject and verdict.status not in ("NO", "BAD"):
-                    raise ValueError(f"a rejection is NO or BAD, not {verdict.status!r}")
-                if type(verdict) is Answer and verdict.status not in ("OK", "NO", "BAD"):
-                    raise ValueError(f"an answer is OK, NO or BAD, not {verdict.status!r}")
-                if isinstance(verdict, (Reject, Answer, Disconnect)):
-                    return verdict, f.name
-                raise TypeError(f"{verdict!r} is not a verdict for a command")
+                if inspect.isawaitable(verdict):
+                    return Suspended(verdict, index, cmd, replaced, replaced_by, f.name), None, cmd
+                step = self._step(f, verdict, cmd)
             except Exception as exc:
                 self.report(f.name, "command", exc)
                 if on_error is OnError.CLOSED:
-                    return FAILED_CLOSED_COMMAND, f.name
-        return (replaced, replaced_by) if replaced is not None else (PASS, None)
+                    return FAILED_CLOSED_COMMAND, f.name, cmd
+                continue
+            if step is None:
+                continue
+            if type(step) is Replace:
+                replaced, replaced_by = step, f.name
+                cmd = cmd.with_raw(step.raw)
+                continue
+            return step, f.name, cmd
+        if replaced is not None:
+            return replaced, replaced_by, cmd
+        return PASS, None, cmd
+
+    @staticmethod
+    def _step(f: Filter, verdict: object, cmd: CommandView) -> Verdict | None:
+        """A decider's verdict on a command, checked: None to go on (a pass), the Replace,
+        or the terminal verdict.  A verdict that does not fit raises (the filter's bug)."""
+        if type(verdict) is Pass:
+            return None
+        if type(verdict) is Replace:
+            return verdict  # (the relay checks it is one command it can send)
+        if type(verdict) is Reject and verdict.status not in ("NO", "BAD"):
+            raise ValueError(f"a rejection is NO or BAD, not {verdict.status!r}")
+        if type(verdict) is Answer and verdict.status not in ("OK", "NO", "BAD"):
+            raise ValueError(f"an answer is OK, NO or BAD, not {verdict.status!r}")
+        if isinstance(verdict, (Reject, Answer, Disconnect)):
+            return verdict
+        _discard(verdict)
+        raise TypeError(f"{verdict!r} is not a verdict for a command")
 
     def _observe(
         self,
@@ -258,7 +344,9 @@ class SessionFilters:
             elif hook == "response" and not _wanted(f, message):  # type: ignore[arg-type]
                 continue
             try:
-                getattr(f, hook)(message, session)
+                result = getattr(f, hook)(message, session)
+                if result is not PASS and result is not None:
+                    _discard(result)  # (an observer's awaitable is never waited for)
             except Exception as exc:
                 self.report(f.name, hook, exc)
                 if on_error is OnError.CLOSED and failed is None:
@@ -330,6 +418,29 @@ class SessionFilters:
             if failed is not None and type(result[0]) is not Disconnect:
                 return FAILED_CLOSED_RESPONSE, failed
         return result
+
+
+@dataclass(slots=True)
+class Suspended:
+    """A deciding filter's ``command`` hook returned an awaitable (it must wait, e.g. for
+    a lookup): the relay awaits ``awaitable`` (with a timeout) and resumes the chain with
+    :meth:`SessionFilters.resume_command`."""
+
+    awaitable: Awaitable[object]
+    index: int  # the filter's place among the session's deciders
+    cmd: CommandView  # as that filter saw it
+    replaced: Replace | None
+    replaced_by: str | None
+    by: str  # the filter's name
+
+    def discard(self) -> None:
+        _discard(self.awaitable)
+
+
+def _discard(value: object) -> None:
+    """Close a coroutine nobody will await (no "never awaited" warning, no work done)."""
+    if inspect.iscoroutine(value):
+        value.close()
 
 
 def _wanted(f: Filter, resp: ResponseView) -> bool:
@@ -412,6 +523,7 @@ __all__ = [
     "ErrorReporter",
     "FilterChain",
     "SessionFilters",
+    "Suspended",
     "bye_line",
     "local_reply",
     "status_line",

@@ -21,8 +21,13 @@ from typing import Any, TextIO
 
 Record = dict[str, Any]
 Formatter = Callable[[Record], str]  # one record -> one line, without the newline
+# A record is a dict for the formatter, or a line made already (a JSON object: the
+# transcript's hot path makes command and response lines itself).
 
 DEFAULT_CAPACITY = 10_000  # records; at ~300 bytes each about 3 MB
+# Seconds between the writer's rounds: records reach the file (or a `tail`) this late at
+# most; a burst that fills a quarter of the buffer wakes it at once.
+WRITE_INTERVAL = 0.05
 
 
 class RecordSink:
@@ -40,10 +45,12 @@ class RecordSink:
         self.formatter = formatter
         self.capacity = capacity
         self._stream = stream
-        self._queue: collections.deque[Record] = collections.deque()
+        self._queue: collections.deque[Record | str] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = True
+        # The writer drains the queue every WRITE_INTERVAL seconds, or as soon as it is a
+        # quarter full: waking a thread for every record cost more than writing it.
+        self._wake_at = max(1, capacity // 4)
         self._lost = 0  # lost since the last record written
         self.lost_total = 0
         self.written = 0
@@ -62,7 +69,7 @@ class RecordSink:
         self._thread = threading.Thread(target=self._run, name="imapproxy-sink", daemon=True)
         self._thread.start()
 
-    def put(self, record: Record) -> None:
+    def put(self, record: Record | str) -> None:
         """Queue a record; never blocks.  Full: the record is lost and counted."""
         queue = self._queue
         if len(queue) >= self.capacity:
@@ -71,7 +78,7 @@ class RecordSink:
                 self.lost_total += 1
             return
         queue.append(record)
-        if self._idle:
+        if len(queue) == self._wake_at:  # (once per filling: not a wake-up per record)
             self._wake.set()
 
     def reopen(self) -> None:
@@ -98,24 +105,33 @@ class RecordSink:
     def _run(self) -> None:
         queue = self._queue
         while True:
-            self._idle = True
-            if not queue:
-                if self._closing:
-                    break
-                self._wake.wait(0.5)
+            if not queue and self._closing:
+                break
+            if not self._closing:
+                self._wake.wait(WRITE_INTERVAL)
                 self._wake.clear()
-            self._idle = False
             if self._reopen:
                 self._reopen = False
                 self._swap()
             wrote = False
+            formatter = self.formatter
             while queue:
-                record = queue.popleft()
-                with self._lock:
-                    lost, self._lost = self._lost, 0
-                if lost:
-                    record["lost"] = lost
-                self._write(self.formatter(record) + "\n")
+                lines: list[str] = []
+                # a batch at a time: one write call per batch, not per record
+                for _ in range(min(len(queue), 512)):
+                    record = queue.popleft()
+                    lost = 0
+                    if self._lost:  # (read without the lock: it is only ever set with it)
+                        with self._lock:
+                            lost, self._lost = self._lost, 0
+                    if type(record) is str:
+                        lines.append(f'{{"lost":{lost},{record[1:]}' if lost else record)
+                        continue
+                    if lost:
+                        record["lost"] = lost  # type: ignore[index]
+                    lines.append(formatter(record))  # type: ignore[arg-type]
+                lines.append("")
+                self._write("\n".join(lines), len(lines) - 1)
                 wrote = True
             if wrote:
                 self._flush()
@@ -123,18 +139,18 @@ class RecordSink:
         if self._out is not None and self.path != "-":
             self._out.close()
 
-    def _write(self, line: str) -> None:
+    def _write(self, lines: str, count: int) -> None:
         out = self._out
         if out is None:
             return
         try:
-            out.write(line)
-            self.written += 1
+            out.write(lines)
+            self.written += count
         except (OSError, ValueError) as exc:
             self.error = f"cannot write {self.path}: {exc}"
             with self._lock:
-                self._lost += 1
-                self.lost_total += 1
+                self._lost += count
+                self.lost_total += count
 
     def _flush(self) -> None:
         try:

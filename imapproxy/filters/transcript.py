@@ -19,7 +19,8 @@ shown as ``***``; literal bodies are replaced by ``<N bytes>`` unless ``bodies =
 
 Record schema, version 1 (every record): ``v`` (1), ``t`` (UTC time, ISO 8601 with
 milliseconds), ``type``, ``session``, ``client`` (``host:port``), ``user`` (null until
-logged in).  By type:
+logged in), ``upstream_user`` (only when a filter mapped the login name: the name the
+server saw).  By type:
 
 * ``session_start``: ``listener``, ``tls`` (null or ``{version, cipher, sni}``);
 * ``command``: ``tag``, ``name`` (``"UID FETCH"``), ``text`` (redacted), ``bytes``,
@@ -29,7 +30,8 @@ logged in).  By type:
 * ``response``: ``tag`` (null if untagged), ``name``, ``status`` and ``code`` (status
   responses), ``latency_ms`` and ``command`` (a tagged completion), ``text``, ``bytes``,
   ``literals``, ``oversize``;
-* ``session_end``: ``reason``, ``detail``, ``bytes_in``, ``bytes_out``, ``duration``.
+* ``session_end``: ``tls`` (as at the start; set after STARTTLS), ``reason``, ``detail``,
+  ``bytes_in``, ``bytes_out``, ``duration``.
 
 A record may carry ``lost``: how many records were lost (buffer full, disk too slow)
 just before it.
@@ -40,7 +42,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..logsafe import printable as _printable
@@ -60,6 +62,7 @@ from .api import (
     SessionEndInfo,
     SessionInfo,
     SessionView,
+    TlsInfo,
     Verdict,
 )
 from .chain import response_code
@@ -73,8 +76,12 @@ MAX_TEXT = 300  # characters of a message shown
 def printable(data: bytes | str, limit: int = MAX_TEXT) -> str:
     """Text fit for one transcript line: control and 8-bit characters escaped (``\\r``,
     ``\\n``, ``\\x1b`` ...) as in the log, cut at ``limit`` characters."""
-    if isinstance(data, str):
+    if type(data) is str:
         return safe(data, limit)
+    if len(data) <= limit and data.isascii():  # the common case: nothing to escape
+        text = data.decode("ascii")
+        if text.isprintable():
+            return text
     text = _printable(data[:limit])
     return text + f"...(+{len(data) - limit})" if len(data) > limit else text
 
@@ -82,7 +89,7 @@ def printable(data: bytes | str, limit: int = MAX_TEXT) -> str:
 def render(raw: bytes, literals: tuple[LiteralInfo, ...], *, bodies: bool) -> str:
     """A message's text with inline literal bodies replaced by ``<N bytes>`` (unless
     ``bodies``), the CRLF at its end dropped, the rest escaped and cut."""
-    if bodies or not any(lit.inline for lit in literals):
+    if not literals or bodies or not any(lit.inline for lit in literals):
         return printable(raw.rstrip(b"\r\n"))
     out: list[bytes] = []
     pos = 0
@@ -123,13 +130,33 @@ def redacted_command(cmd: CommandView, *, bodies: bool) -> str:
     return f"{tag} LOGIN ***"
 
 
+# The last whole second formatted, with its text: one tuple, replaced whole (the hot path
+# and the writer thread both format times).  A cache of a pure function, not state.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+    global _last_second
+    second = int(t)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int(t * 1000) % 1000:03d}Z"
+
+
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # (one, not one per record)
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _json_opt(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
 
 
 def format_jsonl(record: Record) -> str:
+    """A record as one JSON line.  (Command and response records come as lines already:
+    see :class:`TranscriptFilter`.)"""
     record["t"] = _iso(record["t"])
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    return _JSON.encode(record)
 
 
 def format_text(record: Record) -> str:
@@ -162,9 +189,17 @@ def format_text(record: Record) -> str:
 
 
 class TranscriptFilter(Filter):
-    """One session's transcript; records go to the process-wide sink."""
+    """One session's transcript; records go to the process-wide sink.
 
-    __slots__ = ("bodies", "client", "listener", "session", "sink")
+    Commands and responses (a record or two for every message) are the hot path: for a
+    JSON Lines sink their lines are written here directly (one format string, strings
+    escaped by the json module's C encoder), not built as dicts for the writer thread to
+    encode; the writer then only writes.  They parse to exactly the records the dict
+    path would make (a test compares the two).
+    """
+
+    __slots__ = ("_client_json", "_session_json", "_upstream", "_user", "_user_json", "bodies",
+                 "client", "jsonl", "listener", "session", "sink")  # fmt: skip
 
     name = "transcript"
     observes_only = True
@@ -177,6 +212,22 @@ class TranscriptFilter(Filter):
             f"{info.client_host}:{info.client_port}"
         )
         self.listener = info.listener
+        self.jsonl = sink.formatter is format_jsonl
+        self._session_json = _json_str(self.session)
+        self._client_json = _json_str(self.client)
+        self._user: str | None = None
+        self._upstream: str | None = None
+        self._user_json = "null"
+
+    def _user_field(self, session: SessionView) -> str:
+        """``user`` (and ``upstream_user`` when a filter mapped the name) as JSON."""
+        user = session.user
+        upstream = session.upstream_user
+        if user is not self._user or upstream is not self._upstream:
+            self._user, self._upstream = user, upstream
+            self._user_json = ("null" if user is None else _json_str(user)) + (
+                "" if upstream is None else f',"upstream_user":{_json_str(upstream)}')
+        return self._user_json
 
     def _record(self, record_type: str, session: SessionView, **fields: Any) -> None:
         record: Record = {
@@ -187,6 +238,8 @@ class TranscriptFilter(Filter):
             "client": self.client,
             "user": session.user,
         }
+        if session.upstream_user is not None:
+            record["upstream_user"] = session.upstream_user
         record.update(fields)
         self.sink.put(record)
 
@@ -196,22 +249,49 @@ class TranscriptFilter(Filter):
             "session_start",
             session,
             listener=self.listener,
-            tls=None if tls is None else {"version": tls.version, "cipher": tls.cipher,
-                                          "sni": tls.sni},
-        )  # fmt: skip
+            tls=_tls_fields(tls),
+        )
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
+        sensitive = cmd.sensitive
+        literals = cmd.literals
         # the "tag" of a line that is no well-formed command may be a password
-        shown_tag = not cmd.sensitive or (cmd.name in CREDENTIAL_COMMANDS and not cmd.uid)
-        self._record(
-            "command",
-            session,
-            tag=printable(cmd.tag, 64) if shown_tag else None,
-            name=cmd.full_name,
-            text=redacted_command(cmd, bodies=self.bodies),
-            bytes=cmd.size,
-            literals=[lit.size for lit in cmd.literals],
-        )
+        shown_tag = not sensitive or (cmd.name in CREDENTIAL_COMMANDS and not cmd.uid)
+        tag = printable(cmd.tag, 64) if shown_tag else None
+        text = (redacted_command(cmd, bodies=self.bodies) if sensitive
+                else render(cmd.raw, literals, bodies=self.bodies))  # fmt: skip
+        size = cmd.size if literals else len(cmd.raw)
+        if self.jsonl:
+            self.sink.put(
+                f'{{"v":{SCHEMA_VERSION},"t":"{_iso(time.time())}","type":"command",'
+                f'"session":{self._session_json},"client":{self._client_json},'
+                f'"user":{self._user_field(session)},'
+                f'"tag":{"null" if tag is None else _json_str(tag)},'
+                f'"name":{_json_str(cmd.full_name)},"text":{_json_str(text)},'
+                f'"bytes":{size},"literals":[{",".join([str(x.size) for x in literals])}]'
+                + ("}" if cmd.verdict is None else
+                   f',"verdict":{_json_str(cmd.verdict)},"filter":{_json_opt(cmd.by)}}}')
+            )  # fmt: skip
+            return PASS
+        record: Record = {
+            "v": SCHEMA_VERSION,
+            "t": time.time(),
+            "type": "command",
+            "session": self.session,
+            "client": self.client,
+            "user": session.user,
+            "tag": tag,
+            "name": cmd.full_name,
+            "text": text,
+            "bytes": size,
+            "literals": [lit.size for lit in literals],
+        }
+        if session.upstream_user is not None:
+            record["upstream_user"] = session.upstream_user
+        if cmd.verdict is not None:
+            record["verdict"] = cmd.verdict
+            record["filter"] = cmd.by
+        self.sink.put(record)
         return PASS
 
     def client_line(self, line: ClientLineView, session: SessionView) -> Verdict:
@@ -225,36 +305,79 @@ class TranscriptFilter(Filter):
         return PASS
 
     def response(self, resp: ResponseView, session: SessionView) -> Verdict:
-        fields: dict[str, Any] = {
-            "tag": None if resp.tag is None else printable(resp.tag, 64),
-            "name": resp.name,
-            "text": render(resp.raw, resp.literals, bodies=self.bodies)
-            + (f"... (long line, more than {len(resp.raw)} bytes)" if resp.oversize else ""),
-            "bytes": len(resp.raw) + sum(lit.size for lit in resp.literals if not lit.inline),
-            "literals": [lit.size for lit in resp.literals],
-        }
+        tag = resp.tag
+        raw = resp.raw
+        literals = resp.literals
+        text = render(raw, literals, bodies=self.bodies)
         if resp.oversize:
-            fields["oversize"] = True
-        if resp.kind in (FrameKind.STATUS, FrameKind.GREETING):
-            fields["status"] = resp.name
-            fields["code"] = response_code(resp.raw)
-        if resp.latency is not None:
-            fields["latency_ms"] = round(resp.latency * 1000, 3)
-        if resp.command is not None:
-            fields["command"] = resp.command.full_name
-        self._record("response", session, **fields)
+            text += f"... (long line, more than {len(raw)} bytes)"
+        size = len(raw) + sum(lit.size for lit in literals if not lit.inline) if literals else (
+            len(raw))  # fmt: skip
+        kind = resp.kind
+        status = kind is FrameKind.STATUS or kind is FrameKind.GREETING
+        code = response_code(raw) if status and b"[" in raw else None
+        latency = None if resp.latency is None else round(resp.latency * 1000, 3)
+        command = resp.command
+        if self.jsonl:
+            tail = ',"oversize":true' if resp.oversize else ""
+            if status:
+                tail += f',"status":{_json_str(resp.name)},"code":{_json_opt(code)}'
+            if latency is not None:
+                tail += f',"latency_ms":{latency!r}'
+            if command is not None:
+                tail += f',"command":{_json_str(command.full_name)}'
+            self.sink.put(
+                f'{{"v":{SCHEMA_VERSION},"t":"{_iso(time.time())}","type":"response",'
+                f'"session":{self._session_json},"client":{self._client_json},'
+                f'"user":{self._user_field(session)},'
+                f'"tag":{"null" if tag is None else _json_str(printable(tag, 64))},'
+                f'"name":{_json_str(resp.name)},"text":{_json_str(text)},"bytes":{size},'
+                f'"literals":[{",".join([str(x.size) for x in literals])}]{tail}}}'
+            )
+            return PASS
+        record: Record = {
+            "v": SCHEMA_VERSION,
+            "t": time.time(),
+            "type": "response",
+            "session": self.session,
+            "client": self.client,
+            "user": session.user,
+            "tag": None if tag is None else printable(tag, 64),
+            "name": resp.name,
+            "text": text,
+            "bytes": size,
+            "literals": [lit.size for lit in literals],
+        }
+        if session.upstream_user is not None:
+            record["upstream_user"] = session.upstream_user
+        if resp.oversize:
+            record["oversize"] = True
+        if status:
+            record["status"] = resp.name
+            record["code"] = code
+        if latency is not None:
+            record["latency_ms"] = latency
+        if command is not None:
+            record["command"] = command.full_name
+        self.sink.put(record)
         return PASS
 
     def session_ended(self, session: SessionView, end: SessionEndInfo) -> None:
         self._record(
             "session_end",
             session,
+            tls=_tls_fields(session.tls),  # (after STARTTLS it was not known at the start)
             reason=end.reason,
             detail=printable(end.detail),
             bytes_in=end.bytes_from_client,
             bytes_out=end.bytes_from_upstream,
             duration=round(end.duration, 3),
         )
+
+
+def _tls_fields(tls: TlsInfo | None) -> dict[str, str | None] | None:
+    return None if tls is None else {"version": tls.version, "cipher": tls.cipher,
+                                     "sni": tls.sni}  # fmt: skip
 
 
 class TranscriptFactory:

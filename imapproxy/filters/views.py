@@ -6,13 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..wire.errors import ParseError
 from ..wire.events import Frame, LiteralSpec
 from ..wire.limits import DEFAULT_LIMITS, Limits
 from ..wire.mutf7 import MUTF7Error, decode_mutf7
-from ..wire.parser import parse_command
-from ..wire.tokens import ParenList, Token, string_value
-from .api import CommandView, LiteralInfo, ResponseView
+from ..wire.tokens import ParenList, string_value
+from .api import UNPARSED, CommandView, LiteralInfo, ResponseView
 
 
 def literal_info(spec: LiteralSpec, *, inline: bool) -> LiteralInfo:
@@ -63,14 +61,11 @@ def command_view(
     full = frame.name
     uid = full.startswith("UID ")
     name = full[4:] if uid else full
-    args: tuple[Token, ...] = ()
-    error: str | None = None
-    try:
-        parsed = parse_command(raw, limits)
-        args = parsed.args
-    except ParseError as exc:
-        error = exc.message
-    return CommandView(tag, name, uid, args, raw, tuple(literals), complete, error)
+    # the arguments are parsed when a filter asks for them (see CommandView)
+    view = CommandView(tag, name, uid, UNPARSED, raw, tuple(literals), complete)
+    if limits is not DEFAULT_LIMITS:
+        view.__dict__["_limits"] = limits
+    return view
 
 
 def response_view(

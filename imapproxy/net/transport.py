@@ -10,7 +10,8 @@ calls per round trip.  With these classes: ~330 calls, 2 scheduler passes and 8 
 (was ~11) per round trip, and ~25% less CPU per round trip.
 
 These classes implement the parts of :class:`trio.abc.Stream` the session uses
-(``receive_some``, ``send_all``, ``aclose``; ``version()``/``cipher()`` for TLS) with the
+(``receive_some``, ``send_all``, ``aclose``; ``version()``/``cipher()``/``server_name()``
+for TLS) with the
 same error contract:
 
 * connection errors raise :class:`trio.BrokenResourceError` (the ``OSError`` or
@@ -53,6 +54,7 @@ from typing import Any
 import trio
 
 from .busypoll import BusyPoll
+from .tls import client_sni
 
 DEFAULT_RECEIVE_SIZE = 65536
 """``receive_some()`` without a size reads up to this many bytes."""
@@ -260,6 +262,15 @@ class TlsStream(trio.abc.Stream):
 
     def getpeercert(self) -> dict[str, Any] | None:
         return self._ssl.getpeercert()
+
+    def server_name(self) -> str | None:
+        """Server side: the SNI name the client sent (None if it sent none, or if the
+        context is not one of :func:`imapproxy.net.tls.server_context`)."""
+        return client_sni(self._ssl)
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's certificate as DER, verified or not (``imapproxy check``)."""
+        return self._ssl.getpeercert(binary_form=True)
 
     # ------------------------------------------------------------ handshake
 

@@ -5,6 +5,11 @@ The reasons are fit for metric labels and log fields; each names the side at fau
 
 from __future__ import annotations
 
+from ..logsafe import safe
+from ..wire import Conversation
+
+_SHOWN_BYE = 120  # characters of a server's BYE text shown in the end line
+
 END_REASONS: dict[str, str] = {
     # the client
     "logout": "the client's LOGOUT was answered",
@@ -53,3 +58,12 @@ def unavailable(reason: str, detail: str) -> SessionEnd:
     return SessionEnd(
         reason, detail, b"* BYE [UNAVAILABLE] " + text.encode("ascii", "replace") + b"\r\n"
     )
+
+
+def named_bye(end: SessionEnd, conv: Conversation) -> SessionEnd:
+    """A session that ended after the server's own BYE (it shut down, or timed the
+    session out) is the server's doing, not a LOGOUT."""
+    if end.reason != "logout" or conv.bye is None or conv.bye_requested:
+        return end
+    text = safe(conv.bye.split(b" ", 2)[-1].rstrip(b"\r\n"), _SHOWN_BYE)
+    return SessionEnd("upstream_bye", f"upstream said BYE: {text}")

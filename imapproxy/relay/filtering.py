@@ -39,7 +39,7 @@ from ..logsafe import safe
 from ..wire import Conversation, Frame, FrameKind, Secret
 from ..wire.limits import Limits
 from .ends import SessionEnd
-from .gate import Collect, CommandGate, Decision, End, Forward, Refuse
+from .gate import Collect, CommandGate, Decision, End, Forward, Refuse, Wait
 
 log = logging.getLogger("imapproxy.session")
 
@@ -58,7 +58,7 @@ class Filtering:
     __slots__ = (
         "_on_refused", "_segment_answered", "_segment_done", "_segment_ok", "_segment_tag",
         "_send_client", "_send_upstream", "_wait_segment", "conv", "dropping", "filters",
-        "gate", "view",
+        "gate", "hook_timeout", "view",
     )  # fmt: skip
 
     def __init__(
@@ -73,11 +73,13 @@ class Filtering:
         refused: Callable[[bytes], None] = lambda tag: None,
         wait_segment: Callable[[trio.Event], Awaitable[None]] | None = None,
         segment_answered: Callable[[], None] = lambda: None,
+        hook_timeout: float = 5.0,
     ) -> None:
         """``refused(tag)`` is told of every command refused here (it never reaches the
         server: e.g. a login it must not be taken for).  ``wait_segment(done)`` waits for
         the server's answer to a segment (the session's keeps an eye on the client
-        meanwhile); ``segment_answered()`` is told when it came."""
+        meanwhile); ``segment_answered()`` is told when it came.  ``hook_timeout`` bounds
+        the wait for a filter's hook that must wait (``Timeouts.filter_hook``)."""
         self.filters = filters
         self.view = view
         self.conv = conv
@@ -87,6 +89,7 @@ class Filtering:
         self._on_refused = refused
         self._wait_segment = wait_segment or (lambda done: done.wait())
         self._segment_answered = segment_answered
+        self.hook_timeout = hook_timeout
         self._segment_done: trio.Event | None = None  # waiting for the server's "+"
         self._segment_tag: bytes | None = None
         self._segment_ok = False
@@ -115,6 +118,12 @@ class Filtering:
         """Act on the gate's decision about a client command part (the relay handles a
         pass in one segment itself: it is the common case)."""
         kind = type(decision)
+        if kind is Wait:
+            await flush()
+            while type(decision) is Wait:
+                outcome = await self._await_hook(decision)  # type: ignore[arg-type]
+                decision = self.gate.resume(decision, outcome)  # type: ignore[arg-type]
+            kind = type(decision)
         if kind is Collect:
             await flush()
             if decision.ack:  # type: ignore[union-attr]
@@ -137,6 +146,16 @@ class Filtering:
         await flush()
         end: End = decision  # type: ignore[assignment]
         raise SessionEnd("filter_disconnect", f"filter {end.by}: {end.text}", end.bye)
+
+    async def _await_hook(self, wait: Wait) -> object:
+        """What a suspended hook's awaitable gave: its verdict, or the exception it raised
+        (a timeout after ``hook_timeout`` seconds included)."""
+        with trio.move_on_after(self.hook_timeout):
+            try:
+                return await wait.pending.awaitable
+            except Exception as exc:
+                return exc
+        return TimeoutError(f"command hook took longer than {self.hook_timeout:g} s")
 
     async def _send_segments(self, tag: bytes, segments: tuple[bytes, ...]) -> None:
         """Each segment but the last ends in ``{n}``: the next one goes only after the

@@ -24,7 +24,9 @@ nothing more of the command, so the two legs can never be read differently.
 
 A refused command (:class:`Refuse`) never reaches the server: the relay sends the reply and
 settles the client decoder (a streamed ``{n}`` is then never sent by the client; a streamed
-``{n+}`` is read and discarded).  :class:`End` ends the session.
+``{n+}`` is read and discarded).  :class:`End` ends the session.  :class:`Wait`: a filter
+must wait before it decides (its hook returned an awaitable); the relay awaits it and
+:meth:`CommandGate.resume` gives the decision.
 
 Responses
 ---------
@@ -48,7 +50,7 @@ from ..filters.api import (
     SessionView,
     Verdict,
 )
-from ..filters.chain import SessionFilters, bye_line, local_reply
+from ..filters.chain import SessionFilters, Suspended, bye_line, local_reply
 from ..filters.views import command_view, inline_literals, literal_info, response_view
 from ..wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Side
 from ..wire.limits import Limits
@@ -96,7 +98,20 @@ class End:
     text: str
 
 
-Decision = Collect | Forward | Refuse | End
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A filter must wait before it decides (its hook returned an awaitable): the relay
+    awaits ``pending.awaitable`` (with a timeout) and calls :meth:`CommandGate.resume`
+    with the outcome, which gives the next decision.  Nothing of the command has gone
+    upstream; the client's next commands wait behind it."""
+
+    pending: Suspended
+    view: CommandView
+    parts: list[Frame]
+    streams: bool
+
+
+Decision = Collect | Forward | Refuse | End | Wait
 _HOLD, _OBSERVE, _SKIP = "hold", "observe", "skip"
 _MAX_MODES = 64
 # Commands that start an exchange once complete (SASL lines, IDLE, TLS, compression).
@@ -204,17 +219,36 @@ class CommandGate:
                             code="CLIENTBUG")  # fmt: skip
             return self._refused(view, reject, None)
         verdict, by = self.filters.command(view, self.session)
+        return self._decided(view, parts, streams, verdict, by)
+
+    def resume(self, wait: Wait, outcome: object) -> Decision:
+        """The relay awaited a suspended hook (:class:`Wait`): ``outcome`` is what it
+        returned or the exception it raised.  The chain goes on from the next filter."""
+        verdict, by = self.filters.resume_command(wait.pending, outcome, self.session)
+        return self._decided(wait.view, wait.parts, wait.streams, verdict, by)
+
+    def _decided(
+        self,
+        view: CommandView,
+        parts: list[Frame],
+        streams: bool,
+        verdict: Verdict | Suspended,
+        by: str | None,
+    ) -> Decision:
         if type(verdict) is Pass:
             segments = tuple(as_sync(p) for p in parts)
             return self._forward(view, segments, streams, replaced=False)
+        if type(verdict) is Suspended:
+            return Wait(verdict, view, parts, streams)
         if type(verdict) is Replace:
             try:
-                segments = segment_command(verdict.raw, view.tag, self.limits)
+                segments = segment_command(verdict.raw, view.tag, self.limits,
+                                           streamed=view.literals[-1] if streams else None)
             except ValueError as exc:
                 # a filter's bug, not the client's: fail closed
                 self.filters.report(by or "?", "command", exc)
                 return self._refused(view, Reject("filter failed", code="UNAVAILABLE"), by)
-            return self._forward(replace(view, raw=verdict.raw), segments, False, replaced=True)
+            return self._forward(view.with_raw(verdict.raw), segments, streams, replaced=True)
         if type(verdict) is Reject or type(verdict) is Answer:
             return self._refused(view, verdict, by)
         if type(verdict) is Disconnect:
@@ -250,7 +284,9 @@ class CommandGate:
         self._size = 0
         self._shown = not frame.final
         view = self._view(parts, frame, streams=not frame.final)
-        self.filters.command(view, self.session)
+        verdict, _ = self.filters.command(view, self.session)
+        if type(verdict) is Suspended:  # (no filter decides about it: not waited for)
+            verdict.discard()
         self._sent[view.tag] = (view, self.clock())
 
     def _view(self, parts: list[Frame], last: Frame, *, streams: bool) -> CommandView:
@@ -323,10 +359,16 @@ def as_sync(frame: Frame) -> bytes:
     return raw[:plus] + raw[plus + 1 :]
 
 
-def segment_command(raw: bytes, tag: bytes, limits: Limits) -> tuple[bytes, ...]:
+def segment_command(
+    raw: bytes, tag: bytes, limits: Limits, *, streamed: LiteralInfo | None = None
+) -> tuple[bytes, ...]:
     """Split a complete command (a filter's replacement) into the segments it is sent in:
     each but the last ends in a ``{n}`` announcement.  It must be exactly one command with
-    the original tag, and hold no literal too large to keep; else ValueError."""
+    the original tag, and hold no literal too large to keep; else ValueError.
+
+    ``streamed``: the command replaced was decided on its head, its last literal (this
+    one) streams after it: the replacement is a head too, ending in an announcement of
+    the same size and kind (the client sends that literal as it announced it)."""
     dec = Decoder(Side.CLIENT, limits)
     dec.authenticated = True
     dec.nonsync_as_sync = True
@@ -338,11 +380,23 @@ def segment_command(raw: bytes, tag: bytes, limits: Limits) -> tuple[bytes, ...]
             dec.continuation()
             continue
         if ev is NEED_DATA or not isinstance(ev, Frame):
+            if streamed is not None:
+                raise ValueError("a replacement head must end in the literal it replaces")
             raise ValueError("a replacement command must be one complete command")
         if ev.first and (ev.tag != tag or not ev.name):
             raise ValueError("a replacement command must keep the command's tag")
         if ev.streamed:
-            raise ValueError("a replacement command cannot hold a literal that large")
+            literal = ev.literal
+            if streamed is None or literal is None:
+                raise ValueError("a replacement command cannot hold a literal that large")
+            if literal.size != streamed.size or literal.binary != streamed.binary:
+                raise ValueError("a replacement head must announce the same literal")
+            segments.append(as_sync(ev))
+            if dec.next_event() not in (NEED_DATA, PAUSED) or dec.buffered:
+                raise ValueError("a replacement head must end with its literal announcement")
+            return tuple(segments)
+        if streamed is not None and ev.final:
+            raise ValueError("a replacement head must end in the literal it replaces")
         segments.append(as_sync(ev))
         if ev.final:
             break
@@ -358,6 +412,7 @@ __all__ = [
     "End",
     "Forward",
     "Refuse",
+    "Wait",
     "as_sync",
     "segment_command",
 ]

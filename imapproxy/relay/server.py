@@ -11,9 +11,11 @@ each remaining session gets ``* BYE [UNAVAILABLE] shutting down`` and is closed.
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 import os
+import socket
 
 import trio
 
@@ -30,6 +32,41 @@ from .session import Session
 log = logging.getLogger("imapproxy.server")
 
 
+class ListenError(OSError):
+    """A listener could not be opened: one line naming the address, the flag and what to do."""
+
+    def __init__(self, lc: ListenerConfig, exc: OSError) -> None:
+        flag = "--listen-tls" if lc.implicit_tls else "--listen"
+        super().__init__(
+            exc.errno, f"cannot listen on {lc.endpoint} ({flag}): {_listen_advice(lc, exc)}"
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _listen_advice(lc: ListenerConfig, exc: OSError) -> str:
+    port = lc.endpoint.port
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {lc.endpoint.host!r} ({exc.strerror}): give an IP address"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"address already in use: stop what listens there (ss -ltnp 'sport = :{port}' "
+            "shows it) or choose another port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+            "choose a port above 1023"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "no such address on this machine: use 127.0.0.1, ::1, 0.0.0.0 or one of "
+            "this machine's addresses (ip -brief address)"
+        )
+    return exc.strerror or str(exc)
+
+
 class Proxy:
     def __init__(self, config: ProxyConfig, *, filters: FilterChain | None = None) -> None:
         """``filters``: the configured chain; the capability stage always runs first."""
@@ -44,7 +81,7 @@ class Proxy:
         # filter name -> hooks that raised, process-wide (logged at shutdown; metrics later)
         self.filter_errors: collections.Counter[str] = collections.Counter()
         self.server_ssl = (
-            server_context(config.cert_file, config.key_file)
+            server_context(config.cert_file, config.key_file, config.keylog_client)
             if config.cert_file and config.key_file
             else None
         )
@@ -61,31 +98,50 @@ class Proxy:
         self._shutdown = trio.Event()
         self._session_ended = trio.Event()
         self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
+        self._listeners: list[tuple[ListenerConfig, trio.SocketListener]] | None = None
 
     def shutdown(self) -> None:
         self._shutdown.set()
+
+    async def bind(self) -> None:
+        """Open every listener, or none: a listener that cannot be opened closes the ones
+        already open and raises :class:`ListenError` (nothing is logged as listening
+        before all are open).  ``serve`` calls it unless it was called first."""
+        if self._listeners is not None:
+            return
+        opened: list[tuple[ListenerConfig, trio.SocketListener]] = []
+        try:
+            for lc in self.config.listeners:
+                try:
+                    found = await trio.open_tcp_listeners(lc.endpoint.port, host=lc.endpoint.host)
+                except OSError as exc:
+                    raise ListenError(lc, exc) from None
+                opened += [(lc, sock_listener) for sock_listener in found]
+        except BaseException:
+            for _, sock_listener in opened:
+                sock_listener.socket.close()
+            raise
+        self._listeners = opened
+        for lc, sock_listener in opened:
+            addr = sock_listener.socket.getsockname()
+            self.bound.append((lc, (addr[0], addr[1])))
+            log.info(
+                "listening on %s (%s)",
+                _fmt(addr),
+                "implicit TLS"
+                if lc.implicit_tls
+                else "plain/STARTTLS"
+                if self.server_ssl
+                else "plain",
+            )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until shutdown; ``task_status.started`` gets the bound (host, port)s."""
-        listeners: list[tuple[ListenerConfig, trio.SocketListener]] = []
-        for lc in self.config.listeners:
-            for sock_listener in await trio.open_tcp_listeners(
-                lc.endpoint.port, host=lc.endpoint.host
-            ):
-                listeners.append((lc, sock_listener))
-                addr = sock_listener.socket.getsockname()
-                self.bound.append((lc, (addr[0], addr[1])))
-                log.info(
-                    "listening on %s (%s)",
-                    _fmt(addr),
-                    "implicit TLS"
-                    if lc.implicit_tls
-                    else "plain/STARTTLS"
-                    if self.server_ssl
-                    else "plain",
-                )
+        await self.bind()
+        assert self._listeners is not None
+        listeners = self._listeners
         self._lifecycle("start")
         try:
             async with trio.open_nursery() as poller:

@@ -11,6 +11,7 @@ the capabilities it announced before TLS no longer count.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from typing import Protocol
 
@@ -18,12 +19,14 @@ import trio
 
 from ..capabilities import listed_capabilities, with_code_list
 from ..config import ProxyConfig, UpstreamTls
+from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
 from ..net.transport import SocketStream, TlsStream
 from ..wire import NEED_DATA, Conversation, EndOfStream, Frame, FrameKind, ProtocolError
 from .ends import SessionEnd, unavailable
 
 log = logging.getLogger("imapproxy.session")
+
 
 class Counts(Protocol):
     """What the set-up counts (the session's stats)."""
@@ -54,20 +57,66 @@ class UpstreamSetup:
 
     async def open(self) -> Frame:
         """Connect, TLS or STARTTLS as configured, up to the greeting (whose capability
-        list, after STARTTLS, is the one the upstream gave over TLS)."""
+        list, after STARTTLS, is the one the upstream gave over TLS).  A failure is logged
+        at WARNING (the operator's upstream settings may be wrong) and raised."""
+        try:
+            return await self._open()
+        except SessionEnd as end:
+            log.warning(
+                "session %s: upstream %s: %s",
+                self.session_id,
+                self.config.upstream.endpoint,
+                safe(end.detail, MAX_DETAIL),
+            )
+            raise
+
+    async def _open(self) -> Frame:
         timeouts = self.config.timeouts
+        up = self.config.upstream
         try:
             with trio.fail_after(timeouts.upstream_connect):
                 await self._connect_upstream()
-            if self.config.upstream.tls is UpstreamTls.IMPLICIT:
-                await self._upstream_tls()  # under its own tls_handshake timeout
+        except trio.TooSlowError:
+            raise unavailable(
+                "upstream_unavailable",
+                f"cannot connect to upstream in {timeouts.upstream_connect:g} s (a firewall "
+                "dropping the connection, or a wrong address?)",
+            ) from None
+        if up.tls is UpstreamTls.IMPLICIT:
+            await self._upstream_tls()  # under its own tls_handshake timeout
+        try:
             with trio.fail_after(timeouts.upstream_greeting):
                 greeting = await self._upstream_greeting()
-            if self.config.upstream.tls is UpstreamTls.STARTTLS:
-                greeting = await self._upstream_starttls(greeting)
-            return greeting
         except trio.TooSlowError:
-            raise unavailable("upstream_unavailable", "upstream did not answer in time") from None
+            hint = (
+                "is it an IMAP server over TLS?"
+                if up.tls is UpstreamTls.IMPLICIT
+                else "is it an IMAP server? a port that expects TLS first (993) needs "
+                "--upstream-tls implicit"
+            )
+            raise _advised(
+                "upstream_unavailable",
+                f"upstream sent no greeting in {timeouts.upstream_greeting:g} s",
+                hint,
+            ) from None
+        if up.tls is UpstreamTls.STARTTLS:
+            try:
+                greeting = await self._upstream_starttls(greeting)
+            except trio.TooSlowError:
+                raise unavailable(
+                    "upstream_unavailable", "upstream did not answer in time (STARTTLS)"
+                ) from None
+        return greeting
+
+    async def capabilities(self) -> list[bytes]:
+        """Ask the upstream for its capabilities now (``imapproxy check``)."""
+        try:
+            with trio.fail_after(self.config.timeouts.upstream_greeting):
+                return await self._upstream_capabilities(b"3")
+        except trio.TooSlowError:
+            raise unavailable(
+                "upstream_protocol", "upstream did not answer CAPABILITY in time"
+            ) from None
 
     async def _connect_upstream(self) -> None:
         up = self.config.upstream
@@ -76,14 +125,19 @@ class UpstreamSetup:
             connected = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise unavailable(
-                "upstream_unavailable", f"cannot connect to upstream: {exc.strerror or exc}"
+                "upstream_unavailable", f"cannot connect to upstream: {_connect_error(exc)}"
             ) from None
         self.stream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
 
     async def _upstream_greeting(self) -> Frame:
         greeting = await self._read_upstream_frame()
         if greeting.kind is not FrameKind.GREETING:
-            raise unavailable("upstream_protocol", "upstream sent no IMAP greeting")
+            raise _advised(
+                "upstream_protocol",
+                "upstream sent no IMAP greeting",
+                f"it sent {safe(greeting.raw[:80])!r} instead of '* OK ...': is it an IMAP "
+                "server?",
+            )
         if greeting.name == "BYE":
             # The upstream refuses us; the client deserves to see why.
             raise SessionEnd("upstream_refused", "upstream greeted with BYE", greeting.raw)
@@ -104,9 +158,8 @@ class UpstreamSetup:
         except trio.TooSlowError:
             raise unavailable("upstream_tls_failed", "upstream TLS handshake timed out") from None
         except trio.BrokenResourceError as exc:
-            cause = exc.__cause__ or exc
-            detail = getattr(cause, "verify_message", None) or str(cause)
-            raise unavailable("upstream_tls_failed", f"upstream TLS failed: {detail}") from None
+            what, advice = _tls_advice(exc.__cause__ or exc)
+            raise _advised("upstream_tls_failed", f"upstream TLS failed: {what}", advice) from None
 
     async def _upstream_starttls(self, greeting: Frame) -> Frame:
         """STARTTLS to the upstream; each exchange is bounded by upstream_greeting, the
@@ -203,6 +256,59 @@ class UpstreamSetup:
             if type(ev) is EndOfStream:
                 raise unavailable("upstream_unavailable", "upstream closed the connection")
             raise unavailable("upstream_protocol", "unexpected literal from upstream during set-up")
+
+
+def _connect_error(exc: OSError) -> str:
+    """Why a connection failed: trio's "all attempts to connect ... failed" names no
+    reason; its cause holds one error per address tried."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = dict.fromkeys(
+            os.strerror(e.errno) if e.errno else str(e)
+            for e in cause.exceptions
+            if isinstance(e, OSError)
+        )
+        if reasons:
+            return ", ".join(reasons)
+    return exc.strerror or str(exc)
+
+
+def _advised(reason: str, what: str, advice: str) -> SessionEnd:
+    """A set-up failure: the client's BYE says what failed; the log line (and ``imapproxy
+    check``) also says what the operator can do about it, and may quote the upstream."""
+    end = unavailable(reason, what)
+    return SessionEnd(reason, f"{what}: {advice}" if advice else what, end.bye)
+
+
+def _tls_advice(cause: BaseException) -> tuple[str, str]:
+    """What went wrong in the upstream handshake, and which flag fixes it."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = cause.verify_message or str(cause)
+        if cause.verify_code == _X509_V_ERR_HOSTNAME_MISMATCH or "mismatch" in detail:
+            fix = "give the name it is issued for with --upstream-name NAME"
+        elif "expired" in detail:
+            fix = "the upstream must renew it"
+        else:
+            fix = (
+                "give the CA that signed it with --upstream-ca FILE (or, for a test only, "
+                "--upstream-insecure)"
+            )
+        return f"certificate not verified ({detail})", fix
+    if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS:
+        return (
+            f"not TLS ({cause.reason})",
+            "the upstream does not speak TLS on this port: use --upstream-tls starttls "
+            "(port 143) or --upstream-tls none",
+        )
+    return str(cause), ""
+
+
+_X509_V_ERR_HOSTNAME_MISMATCH = 62
+# What OpenSSL says when the other side answers a ClientHello with plain text ("* OK ...").
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL",
+     "HTTP_REQUEST"}
+)  # fmt: skip
 
 
 def _with_capabilities(greeting: Frame, caps: list[bytes]) -> Frame:

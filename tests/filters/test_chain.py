@@ -159,7 +159,6 @@ def test_raising_filter_open_passes_closed_refuses(hook: str) -> None:
         (DROP, tagged()),  # a tagged completion cannot be dropped
         (Reject(status="OK"), cmd()),  # a rejection that says OK
         (Answer(status="BYE"), cmd()),
-        (Replace(b"a1 X\r\n"), cmd(complete=False)),  # the literal is streaming already
         ("not a verdict", cmd()),
     ],
 )
@@ -279,3 +278,33 @@ def test_client_lines_carry_secrets_and_take_only_replace_or_disconnect() -> Non
         )
         assert isinstance(s.client_line(line, VIEW)[0], Disconnect)
     assert errors == ["client_line"] * 3
+
+
+def test_the_next_filter_sees_the_arguments_of_a_replacement() -> None:
+    """Arguments are parsed from ``raw`` when asked for, so after a Replace the next
+    filter's ``args`` are the replacement's, not the original's."""
+    from imapproxy.filters.views import command_view
+    from imapproxy.wire import Decoder, Side
+    from imapproxy.wire.tokens import string_value
+
+    dec = Decoder(Side.CLIENT)
+    dec.authenticated = True
+    dec.receive_data(b"a1 SELECT INBOX\r\n")
+    frame = dec.next_event()
+    original = command_view(frame.raw, frame)  # type: ignore[union-attr, arg-type]
+    seen: list[object] = []
+
+    class Reads(Filter):
+        name = "reads"
+
+        def command(self, c, session):  # type: ignore[no-untyped-def]
+            seen.append((string_value(c.args[0]) if c.args else None, c.parse_error))
+            return PASS
+
+    log: list[tuple[str, str, bytes]] = []
+    s, _ = chain_of(Recorder("rename", log, Replace(b"a1 SELECT Archive\r\n")), Reads())
+    assert s.command(original, VIEW) == (Replace(b"a1 SELECT Archive\r\n"), "rename")
+    broken, _ = chain_of(Recorder("rename", log, Replace(b'a1 SELECT "Arc\r\n')), Reads())
+    broken.command(original, VIEW)
+    assert seen == [(b"Archive", None), (None, "bad quoted string")]
+    assert string_value(original.args[0]) == b"INBOX"  # the original view is unchanged

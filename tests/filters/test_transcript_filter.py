@@ -214,3 +214,88 @@ def test_the_tag_of_a_line_that_may_be_a_password_is_not_shown(tmp_path: Path) -
     assert "hunter22" not in text
     records = [json.loads(x) for x in text.splitlines()]
     assert records[0]["tag"] is None and records[1]["tag"] == "a1"
+
+
+class Lines:
+    """A stand-in sink that keeps what the filter hands over (a line or a dict)."""
+
+    def __init__(self, formatter) -> None:  # type: ignore[no-untyped-def]
+        self.formatter = formatter
+        self.items: list[object] = []
+
+    def put(self, item: object) -> None:
+        self.items.append(item)
+
+
+def _messages(s: SessionView):  # type: ignore[no-untyped-def]
+    """Commands and responses of every shape a record can take."""
+    login = view(b"a1 LOGIN alice {8}\r\nhunter22\r\n")
+    select = view(b'a2 SELECT "Caf\xc3\xa9 \\"x\\""\r\n', authenticated=True)  # 8-bit, quotes
+    from dataclasses import replace
+
+    yield "command", login
+    yield "command", replace(select, verdict="reject", by="pol\u00efcy")
+    yield "command", view(b"a3 APPEND INBOX {11}\r\nhello world\r\n", authenticated=True)
+    yield "command", view(b"a4 UID FETCH 1:* (FLAGS)\r\n", authenticated=True)
+    yield "response", ResponseView(FrameKind.GREETING, None, "OK", b"* OK [ALERT] hi\x1b\r\n")
+    yield "response", ResponseView(FrameKind.STATUS, b"a1", "OK", b"a1 OK [CAPABILITY X] in\r\n",
+                                   command=login, latency=0.0123456)  # fmt: skip
+    yield "response", ResponseView(FrameKind.STATUS, b"a2", "NO", b"a2 NO nope\r\n",
+                                   latency=2.0, by="relay")  # fmt: skip
+    yield "response", ResponseView(FrameKind.DATA, None, "FETCH",
+                                   b"* 1 FETCH (BODY[] {5}\r\nhello)\r\n", number=1,
+                                   literals=(LiteralInfo(5), LiteralInfo(9, inline=False)))
+    yield "response", ResponseView(FrameKind.DATA, None, "SEARCH", b"* SEARCH 1 2 3",
+                                   oversize=True)  # fmt: skip
+    yield "response", ResponseView(FrameKind.CONTINUATION, None, "+", b"+ Ready\r\n")
+
+
+@pytest.mark.parametrize(
+    ("user", "upstream"),
+    [(None, None), ("alice", None), ("j\u00f6rg \"q\"\\", None), ("bob", "bob@example.com")],
+)
+def test_jsonl_lines_made_on_the_hot_path_equal_the_records(
+    user: str | None, upstream: str | None
+) -> None:
+    """Command and response lines are written directly for a JSONL sink: they must parse
+    to exactly the record the dict path (what the text format uses) makes."""
+    from imapproxy.filters.transcript import TranscriptFilter, format_text
+
+    direct = Lines(format_jsonl)
+    dicts = Lines(format_text)
+    s = SessionView(INFO, user=user, upstream_user=upstream)
+    for sink in (direct, dicts):
+        f = TranscriptFilter(sink, INFO, bodies=False)  # type: ignore[arg-type]
+        for hook, message in _messages(s):
+            getattr(f, hook)(message, s)
+    assert all(type(x) is str for x in direct.items)
+    assert all(type(x) is dict for x in dicts.items)
+    assert len(direct.items) == len(dicts.items) == 10
+    for line, record in zip(direct.items, dicts.items, strict=True):
+        parsed = json.loads(line)  # type: ignore[arg-type]
+        expected = json.loads(format_jsonl(dict(record)))  # type: ignore[call-overload]
+        assert parsed.pop("t")[:19] == expected.pop("t")[:19]  # (to the second)
+        assert parsed == expected
+        assert line.isascii()  # type: ignore[union-attr]
+    assert all(json.loads(x).get("upstream_user") == upstream for x in direct.items)  # type: ignore[arg-type]
+    rejected = json.loads(direct.items[1])  # type: ignore[arg-type]
+    assert rejected["verdict"] == "reject" and rejected["filter"] == "pol\u00efcy"
+    assert json.loads(direct.items[3])["name"] == "UID FETCH"  # type: ignore[arg-type]
+
+
+def test_losses_are_reported_in_a_line_made_on_the_hot_path() -> None:
+    stream = BlockedStream()
+    sink = RecordSink("-", format_jsonl, capacity=10, stream=stream)
+    sink.start()
+    for i in range(1000):
+        sink.put(f'{{"v":1,"type":"command","n":{i}}}')
+    stream.release.set()
+    deadline = time.monotonic() + 10
+    while sink.written + sink.lost_total < 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the writer catches up: the next record has room
+    sink.put('{"v":1,"type":"command","n":"after"}')
+    sink.close()
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert sum(r.get("lost", 0) for r in lines) == sink.lost_total > 0
+    assert len(lines) + sink.lost_total == 1001
+    assert lines[-1]["n"] == "after" and all(r["type"] == "command" for r in lines)

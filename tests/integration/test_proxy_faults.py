@@ -284,7 +284,7 @@ async def test_upstream_slow_to_greet(caplog: pytest.LogCaptureFixture) -> None:
             conn = await fake.connection(0)
             with trio.fail_after(PROMPTLY):
                 await conn.done.wait()  # the proxy closed its upstream connection
-    assert b"did not answer in time" in rest
+    assert b"upstream sent no greeting in 0.5 s" in rest
     # the configured greeting timeout (0.5 s), not the 30 s stall nor the 10 s default
     assert FAST.upstream_greeting <= elapsed < FAST.upstream_greeting + PROMPTLY
     assert "reason=upstream_unavailable" in end and sid in end
