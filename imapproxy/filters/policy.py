@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import trio
+
 from ..logsafe import safe
 from ..wire.errors import ParseError
 from ..wire.parser import parse_response
@@ -342,7 +344,10 @@ class PolicyFilter(Filter):
                     rule.per == "user" and user is not None
                 ) else (index, "client", self.info.client_host)  # fmt: skip
                 if self.factory.store.take(key, rule.rate):  # type: ignore[arg-type]
-                    return self._block(rule, cmd, "over its rate")
+                    refused = self._block(rule, cmd, "over its rate")
+                    if rule.delay and cmd.name in _LOGINS:
+                        return self._delay_then(refused, rule.delay)  # type: ignore[return-value]
+                    return refused
                 continue
             return self._block(rule, cmd, "hidden" if rule.action == HIDE else "denied")
         if self.factory.default_deny and (
@@ -353,6 +358,13 @@ class PolicyFilter(Filter):
                 log.info("session %s: policy default: %s denied", self.info.id, cmd.full_name)
             return DEFAULT_DENIED
         return replacement or PASS
+
+    async def _delay_then(self, verdict: Reject, seconds: float) -> Reject:
+        """A refused login is answered only after a while (it slows a guesser down; the
+        session's later commands wait too).  Awaited by the relay under
+        ``Timeouts.filter_hook``: keep ``delay`` below it."""
+        await trio.sleep(seconds)
+        return verdict
 
     def _block(self, rule: Rule, cmd: CommandView | None, why: str) -> Reject:
         if cmd is not None:

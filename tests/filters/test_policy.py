@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import trio
+from trio.testing import MockClock
 
 from imapproxy.configfile import from_mapping
 from imapproxy.filters import ChainEntry, FilterChain, OnError, SessionInfo, SessionView
 from imapproxy.filters.api import DROP, PASS, ConfigError, Phase, ResponseView
 from imapproxy.filters.policy import PolicyFactory, make_policy
-from imapproxy.relay.gate import Collect, CommandGate, Forward, Refuse
+from imapproxy.relay.gate import Collect, CommandGate, Forward, Refuse, Wait
 from imapproxy.wire import NEED_DATA, PAUSED, Decoder, Frame, FrameKind, Limits, Side
 
 LIMITS = Limits()
@@ -53,6 +55,7 @@ class Session:
         from imapproxy.filters.api import TlsInfo
 
         self.errors: list[tuple[str, str, BaseException]] = []
+        self.waited: list[float] = []
         self.filters = FilterChain([ChainEntry("policy", factory, OnError.CLOSED)]).open(
             info, lambda *a: self.errors.append(a)
         )
@@ -78,6 +81,8 @@ class Session:
                 return out
             assert isinstance(ev, Frame)
             d = self.gate.command_part(ev)
+            while isinstance(d, Wait):  # (the relay awaits it, then resumes the gate)
+                d = self.gate.resume(d, self._await(d.pending.awaitable))
             if isinstance(d, Collect):
                 assert dec.continuation()
             elif isinstance(d, Forward):
@@ -89,6 +94,18 @@ class Session:
                 out.append("pass")
             else:
                 out.append(repr(d))
+
+    def _await(self, awaitable: Any) -> object:
+        """Await a hook's awaitable on a Trio clock that jumps: the time it waited is
+        noted in ``waited`` (virtual seconds), none of it spent."""
+
+        async def run() -> object:
+            start = trio.current_time()
+            outcome = await awaitable
+            self.waited.append(trio.current_time() - start)
+            return outcome
+
+        return trio.run(run, clock=MockClock(autojump_threshold=0))
 
     def one(self, line: bytes) -> str:
         [outcome] = self.send(line if line.endswith(b"\n") else line + b"\r\n")
@@ -348,12 +365,23 @@ def test_login_rate_per_client_address() -> None:
     here = Session(factory, user=None)
     assert here.one(b"a LOGIN u p") == "pass"
     assert here.one(b"a AUTHENTICATE PLAIN AHUAcA==") == "pass"
-    # a new connection from the same address shares the bucket
-    assert Session(factory, user=None).one(b"a LOGIN u p") == "a NO [LIMIT] slow down"
+    # a new connection from the same address shares the bucket; the refusal waits
+    again = Session(factory, user=None)
+    assert again.one(b"a LOGIN u p") == "a NO [LIMIT] slow down"
+    assert again.waited == [pytest.approx(1.0)]  # (the default delay of a login rule)
+    assert here.waited == []
     other = SessionInfo("s-9", "10.9.9.9", 1, INFO.listener)
     assert Session(factory, user=None, info=other).one(b"a LOGIN u p") == "pass"
     clock.now += 30
     assert here.one(b"a LOGIN u p") == "pass"
+    slower = policy([{"match": {"command": "LOGIN"}, "rate": "1/h", "delay": 2.5}], clock)
+    s = Session(slower, user=None)
+    assert s.one(b"a LOGIN u p") == "pass" and s.waited == []
+    assert s.one(b"b LOGIN u p").startswith("b NO [LIMIT]") and s.waited == [2.5]
+    # commands other than logins are refused at once
+    cmds = Session(policy([{"match": {"command": "NOOP"}, "rate": "1/h", "per": "client"}]))
+    assert cmds.one(b"a NOOP") == "pass" and cmds.one(b"a NOOP").startswith("a NO")
+    assert cmds.waited == []
 
 
 # ----------------------------------------------------------------------------- bypasses

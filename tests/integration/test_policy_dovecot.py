@@ -519,3 +519,35 @@ async def test_a_block_is_a_log_line_and_a_transcript_record_naming_the_rule(
     lines = [r.getMessage() for r in caplog.records if r.name == "imapproxy.policy"]
     assert len(lines) == 1 and lines[0].endswith(": policy rule no-finance: SELECT denied")
     assert password not in caplog.text and "Finance" not in lines[0]
+
+
+async def test_a_login_over_the_limit_is_refused_late_and_the_session_goes_on(
+    dovecot: DovecotServer, new_user: NewUser
+) -> None:
+    """The refusal of a login over its rate waits ``delay`` seconds (an async hook the
+    relay awaits); the session then logs in once the bucket has a token again."""
+    user, password = new_user()
+    clock = Clock()
+    rules = [{"name": "logins", "match": {"command": ["LOGIN", "AUTHENTICATE"]},
+              "rate": "1/min", "delay": 0.4, "text": "slow down"}]  # fmt: skip
+    async with running_proxy(config_for(dovecot.port), filters=policy_chain(rules, clock)) as (
+        _,
+        addrs,
+    ):
+        with trio.fail_after(20):
+            first = await ImapClient.connect(*addrs[0])
+            await login(first, user, password)
+            client = await ImapClient.connect(*addrs[0])
+            await client.read_response()
+            credentials = b'LOGIN "%s" "%s"' % (user.encode(), password.encode())
+            started = trio.current_time()
+            reply = await client.command(b"L2", credentials)
+            assert trio.current_time() - started >= 0.4  # (a lower bound only: a busy machine)
+            assert reply == [b"L2 NO [LIMIT] slow down\r\n"]
+            reply = await client.command(b"n", b"NOOP")
+            assert status_of(reply[-1]) == b"OK"
+            clock.now += 60
+            reply = await client.command(b"L3", credentials)
+            assert status_of(reply[-1]) == b"OK", reply
+            await client.aclose()
+            await first.aclose()
