@@ -102,6 +102,7 @@ _SELECTS = frozenset({"SELECT", "EXAMINE"})
 _MAX_SELECTING = 64  # SELECT/EXAMINE in flight at once, per session (pipelined)
 _MAX_NAMES = 64  # command names remembered per session (clients choose them: bounded)
 _MAX_HITS = 256  # mailbox names whose matching rules a session remembers
+_NO_HITS: frozenset[int] = frozenset()
 DEFAULT_DENIED = Reject("not allowed", status="NO", code="NOPERM")
 
 
@@ -121,6 +122,12 @@ class PolicyFactory:
         self.delimiter = delimiter
         self.store = store if store is not None else BucketStore(DEFAULT_MAX_BUCKETS)
         self.track_selected = any(r.mailboxes is not None for r in rules)
+        self.sizes = any(r.size_over is not None for r in rules)
+        # whether a FETCH that sets \Seen can be judged otherwise than any FETCH: only by a
+        # rule that names STORE (a rule without command matches both alike)
+        self.seen_matters = any(
+            r.commands is not None and bool({"STORE", "UID STORE"} & r.commands) for r in rules
+        )
         decided = decided_commands(rules, self.default_deny)
         # SELECT and EXAMINE are held too, to know which mailbox a pipelined command acts
         # on (held: a SELECT with a literal is seen whole, before anything after it)
@@ -143,7 +150,7 @@ class PolicyFactory:
 
 class PolicyFilter(Filter):
     __slots__ = (
-        "_hits", "_live", "_patterned", "_plans", "_selected_key", "_selected_names",
+        "_hits", "_live", "_names", "_patterned", "_plans", "_selected_key", "_selected_names",
         "_selecting", "_session_rules", "_state", "factory", "info", "name", "wants_commands",
         "wants_responses",
     )  # fmt: skip
@@ -165,6 +172,7 @@ class PolicyFilter(Filter):
         self._plans: dict[tuple[str, bool], Plan] = {}
         # mailbox name -> the indexes of the rules whose pattern matches it (bounded)
         self._hits: dict[str, frozenset[int]] = {}
+        self._names: dict[bytes, tuple[str, ...]] = {}  # mailbox names decoded (bounded)
         self._selecting: dict[bytes, tuple[str, ...]] = {}  # SELECT/EXAMINE in flight
         self._selected_key: str | None = None
         self._selected_names: tuple[str, ...] = ()
@@ -232,17 +240,17 @@ class PolicyFilter(Filter):
             # the relay asks before a small literal comes: decided once the command is whole
             return PASS
         name = cmd.name
-        plan = self._plan(SEEN_FETCH if name == "FETCH" and sets_seen(cmd) else name, cmd.uid,
-                          session)  # fmt: skip
         factory = self.factory
+        seen = name == "FETCH" and factory.seen_matters and sets_seen(cmd)
+        plan = self._plan(SEEN_FETCH if seen else name, cmd.uid, session)
         named: tuple[str, ...] | None = None
         verdict: Verdict = PASS
         if plan or factory.default_deny:
-            named = named_mailboxes(cmd, factory.delimiter)
+            named = named_mailboxes(cmd, factory.delimiter, self._names)
             verdict = self._evaluate(cmd, plan, named, session)
         if factory.track_selected and name in _SELECTS and type(verdict) is not Reject:
             if named is None:
-                named = named_mailboxes(cmd, factory.delimiter)
+                named = named_mailboxes(cmd, factory.delimiter, self._names)
             if len(self._selecting) < _MAX_SELECTING:
                 self._selecting[cmd.tag] = named
             else:  # (a client that pipelines this many SELECTs: refused, not forgotten)
@@ -279,7 +287,11 @@ class PolicyFilter(Filter):
         """The verdict of the rules in ``plan`` on a command; or (``cmd`` None) on an
         ``answer`` naming the mailbox ``named``: then only allow, deny and hide rules
         count (only hide for a LIST answer), and nothing is counted or logged."""
-        size = sum(lit.size for lit in cmd.literals) if cmd is not None and cmd.literals else 0
+        size = (
+            sum(lit.size for lit in cmd.literals)
+            if cmd is not None and cmd.literals and self.factory.sizes
+            else 0
+        )
         urls: tuple[str, ...] = ()
         if cmd is not None and (cmd.name == "APPEND" or cmd.name in URL_COMMANDS):
             raw_urls = command_urls(cmd)
@@ -292,6 +304,9 @@ class PolicyFilter(Filter):
         if plan.by_source:
             found: list[int] = []
             for src, by_index in plan.by_source.items():
+                if src == URLS and not urls:
+                    src_hits[src] = _NO_HITS
+                    continue
                 hits = self._source_hits(src, named, urls, session)
                 src_hits[src] = hits
                 for idx in hits:

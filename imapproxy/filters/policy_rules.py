@@ -42,6 +42,7 @@ UNKNOWN = "\x00unknown mailbox"  # a name that could not be read (see the module
 # moves them all.  Restricting rules whose pattern reaches below it match it; allow rules
 # do not look at it.
 SUBTREE = "\x01"
+MAX_CACHED_NAMES = 256  # mailbox names a session keeps decoded, by their bytes
 
 # Commands that name mailboxes, beyond views.MAILBOX_ARGUMENTS (which is the lead's):
 # REPLACE (RFC 8508) names its target after the sequence set.
@@ -124,13 +125,22 @@ def candidates(raw: bytes, delimiter: str) -> tuple[str, ...]:
     return (a,) if a == b else (a, b)
 
 
-def _mailbox_token(token: Token, delimiter: str) -> tuple[str, ...]:
+def _mailbox_token(
+    token: Token, delimiter: str, cache: dict[bytes, tuple[str, ...]] | None = None
+) -> tuple[str, ...]:
     if isinstance(token, LiteralRef):
         return (UNKNOWN,)
     value = string_value(token)
     if value is None:
         return ()
-    return candidates(value, delimiter)
+    if cache is None:
+        return candidates(value, delimiter)
+    names = cache.get(value)
+    if names is None:
+        if len(cache) >= MAX_CACHED_NAMES:
+            cache.clear()
+        names = cache[value] = candidates(value, delimiter)
+    return names
 
 
 _URL_MAILBOX = re.compile(rb"^(?:imap://[^/]*)?/([^;?]*)", re.IGNORECASE)
@@ -189,9 +199,11 @@ def op_shape(name: str) -> tuple[tuple[str, int], ...]:
     return ((name, own), *((inner, _WHERE[where]) for inner, where in IMPLIED.get(name, ())))
 
 
-def named_mailboxes(cmd: CommandView, delimiter: str) -> tuple[str, ...]:
+def named_mailboxes(
+    cmd: CommandView, delimiter: str, cache: dict[bytes, tuple[str, ...]] | None = None
+) -> tuple[str, ...]:
     """The mailboxes ``cmd`` names as arguments (candidates of each; UNKNOWN for one that
-    was not read)."""
+    was not read).  ``cache``: names already decoded, by their bytes (bounded)."""
     positions = MAILBOX_POSITIONS.get(cmd.name)
     if positions is None:
         return ()
@@ -201,7 +213,7 @@ def named_mailboxes(cmd: CommandView, delimiter: str) -> tuple[str, ...]:
     found: list[str] = []
     for i in positions:
         if i < len(args):
-            names = _mailbox_token(args[i], delimiter)
+            names = _mailbox_token(args[i], delimiter, cache)
             found.extend(names)
             if cmd.name == "RENAME" and i == 0:
                 # RENAME moves the mailboxes below too: a rule on one of them is a rule
