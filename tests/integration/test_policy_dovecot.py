@@ -13,7 +13,10 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +31,7 @@ from imapproxy.filters.sink import RecordSink
 from imapproxy.filters.transcript import TranscriptFactory, format_jsonl
 from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import ImapClient, status_of
-from tests.support.proxy import running_proxy
+from tests.support.proxy import ROOT, ProxyProcess, free_port, running_proxy
 
 NewUser = Callable[[], tuple[str, str]]
 MSG = b"Subject: policy\r\n\r\nbody\r\n"
@@ -551,3 +554,44 @@ async def test_a_login_over_the_limit_is_refused_late_and_the_session_goes_on(
             assert status_of(reply[-1]) == b"OK", reply
             await client.aclose()
             await first.aclose()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_policy_from_the_config_file(
+    dovecot: DovecotServer, new_user: NewUser, tmp_path: Path
+) -> None:
+    """``use = "policy"`` in ``imapproxy run --config``: refusals with the rule's code and
+    text; a mistake in a rule is one line naming its key path, exit status 2."""
+    user, password = new_user()
+    create_boxes(dovecot, user, password, "Finance.2024")
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        '[[filters]]\nuse = "policy"\ndelimiter = "."\n'
+        '[[filters.rules]]\nname = "no-finance"\nmatch = { mailbox = "Finance.*" }\n'
+        'action = "deny"\ncode = "NOPERM"\ntext = "finance is closed"\n'
+    )
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--upstream", f"{dovecot.host}:{dovecot.port}",
+            "--config", str(config)]  # fmt: skip
+    with ProxyProcess(args, workdir=tmp_path, wait_ports=[("127.0.0.1", port)]) as proxy:
+        conn = imaplib.IMAP4("127.0.0.1", port, timeout=15)
+        conn.login(user, password)
+        assert conn.select("Finance.2024") == ("NO", [b"[NOPERM] finance is closed"])
+        assert conn.delete("Finance.2024")[0] == "NO"
+        assert conn.select("INBOX")[0] == "OK"
+        conn.logout()
+        proxy.stop()
+        assert "policy rule no-finance: SELECT denied" in proxy.log()
+    assert "Finance.2024" in dovecot_state(dovecot, user, password)
+    config.write_text('[[filters]]\nuse = "policy"\n[[filters.rules]]\naction = "dney"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "imapproxy", "run", *args], capture_output=True, text=True,
+        cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        'filters[0].rules[0].action: expected one of allow, deny, read-only, hide; got "dney"'
+    ), done.stderr
+    assert "Traceback" not in done.stderr
