@@ -207,9 +207,11 @@ class PolicyFilter(Filter):
                 hits = frozenset(i for i, _ in self._patterned)
             elif mailbox.startswith(SUBTREE):
                 below, d = mailbox[1:], self.factory.delimiter
+                lower = below.lower()
                 hits = frozenset(
                     i for i, r in self._patterned if any(
-                        glob_reaches_below(g, below, d) for g in r.globs)
+                        glob_reaches_below(g, lower if r.ignore_case else below, d)
+                        for g in r.globs)
                 )  # fmt: skip
             else:
                 hits = frozenset(i for i, r in self._patterned

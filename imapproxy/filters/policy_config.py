@@ -25,7 +25,7 @@ from .policy_rules import (
 )
 from .ratelimit import parse_rate
 
-OPTIONS = frozenset({"default", "rules", "delimiter", "max_buckets"})
+OPTIONS = frozenset({"default", "rules", "delimiter", "max_buckets", "mailbox_case"})
 DEFAULT_MAX_BUCKETS = 100_000  # rate buckets kept process-wide (~200 B each: ~20 MB)
 
 
@@ -55,10 +55,20 @@ def parse_options(options: Mapping[str, Any], path: str) -> PolicyOptions:
         raise ConfigError(
             f"{path}.max_buckets", f"expected a positive integer; got {_got(max_buckets)}"
         )
+    mailbox_case = options.get("mailbox_case", "sensitive")
+    if mailbox_case not in ("sensitive", "insensitive"):
+        raise ConfigError(
+            f"{path}.mailbox_case",
+            f"expected one of sensitive, insensitive; got {_got(mailbox_case)}",
+        )
     tables = options.get("rules", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}.rules", "expected an array of tables ([[filters.rules]])")
-    rules = tuple(parse_rule(t, f"{path}.rules[{i}]", i, delimiter) for i, t in enumerate(tables))
+    ignore_case = mailbox_case == "insensitive"
+    rules = tuple(
+        parse_rule(t, f"{path}.rules[{i}]", i, delimiter, ignore_case=ignore_case)
+        for i, t in enumerate(tables)
+    )
     seen: set[str] = set()
     for i, rule in enumerate(rules):
         if rule.name in seen:
@@ -105,7 +115,9 @@ def _unknown(table: Mapping[str, Any], known: frozenset[str], path: str) -> None
             raise ConfigError(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
 
 
-def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
+def parse_rule(
+    table: Any, path: str, index: int, delimiter: str, *, ignore_case: bool = False
+) -> Rule:
     if not isinstance(table, Mapping):
         raise ConfigError(path, f"expected a table ([[filters.rules]]); got {_got(table)}")
     _unknown(table, _RULE_KEYS, path)
@@ -155,7 +167,9 @@ def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
     if "mailbox" in match:
         given = _strings(match["mailbox"], f"{mpath}.mailbox", "a mailbox glob")
         globs = tuple(canonical(g, delimiter) for g in given)
-        mailboxes = compile_mailboxes(globs, delimiter)
+        if ignore_case:
+            globs = tuple(g.lower() for g in globs)
+        mailboxes = compile_mailboxes(globs, delimiter, ignore_case=ignore_case)
     size_over = match.get("size_over")
     if size_over is not None and (
         isinstance(size_over, bool) or not isinstance(size_over, int) or size_over < 0
@@ -214,4 +228,4 @@ def parse_rule(table: Any, path: str, index: int, delimiter: str) -> Rule:
         )
     return Rule(name, commands, users, clients, tls, listeners, mailboxes, size_over, action,
                 code.upper(), " ".join(text.split()), rate, per, float(delay),
-                globs)  # fmt: skip
+                globs, ignore_case)  # fmt: skip

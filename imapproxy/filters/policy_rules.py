@@ -303,9 +303,13 @@ def _glob_regex(pattern: str, delimiter: str) -> str:
     return f"(?:{body}|{parent})" if parent else body
 
 
-def compile_mailboxes(patterns: Sequence[str], delimiter: str) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{_glob_regex(p, delimiter)})" for p in patterns) + r"\Z",
-                      re.DOTALL)  # fmt: skip
+def compile_mailboxes(
+    patterns: Sequence[str], delimiter: str, *, ignore_case: bool = False
+) -> re.Pattern[str]:
+    """The globs as one pattern; ``ignore_case`` for a server whose mailbox names are not
+    case-sensitive (``finance`` is ``Finance`` there)."""
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    return re.compile("|".join(f"(?:{_glob_regex(p, delimiter)})" for p in patterns) + r"\Z", flags)
 
 
 def compile_users(patterns: Sequence[str]) -> re.Pattern[str]:
@@ -336,6 +340,7 @@ class Rule:
     per: str = "user"  # or "client": whose bucket a rate rule takes from
     delay: float = 0.0  # seconds a refused login waits (rate rules on logins)
     globs: tuple[str, ...] = ()  # the mailbox patterns, canonical (for subtrees)
+    ignore_case: bool = False  # mailbox names compared without case
 
     # -- conditions fixed for a session (client, listener) or a login (user, TLS)
 

@@ -162,8 +162,10 @@ DENY_FINANCE = [{"name": "no-finance", "match": {"mailbox": "Finance/*"}, "actio
         ({"default": "reject"}, 'filters[0].default: expected one of allow, deny; got "reject"'),
         ({"delimiter": "//"}, 'filters[0].delimiter: expected one character such as "/" or "."; '
          'got "//"'),
-        ({"rule": []}, "filters[0].rule: unknown key (known: default, delimiter, max_buckets, "
-         "rules)"),
+        ({"rule": []}, "filters[0].rule: unknown key (known: default, delimiter, mailbox_case, "
+         "max_buckets, rules)"),
+        ({"mailbox_case": "upper"}, "filters[0].mailbox_case: expected one of sensitive, "
+         'insensitive; got "upper"'),
         ({"rules": [{"match": {"command": "UID"}, "action": "deny"}]} , None),
     ],
 )  # fmt: skip
@@ -441,6 +443,16 @@ def test_modified_utf7_and_utf8_spell_the_same_name() -> None:
     # an allow rule matches only when every reading of the name matches
     allow = policy([{"match": {"mailbox": "Fin&AOQ-nce"}, "action": "allow"}], default="deny")
     assert Session(allow).one(b"a SELECT Fin&AOQ-nce").startswith("a NO")
+
+
+def test_a_server_whose_mailbox_names_ignore_case() -> None:
+    rules = [{"match": {"mailbox": "Finance/*"}, "action": "deny"}]
+    s = Session(policy(rules, mailbox_case="insensitive"))
+    for line in (b"a SELECT finance", b"a SELECT FINANCE/2024", b"a RENAME FINANCE X",
+                 b"a RENAME fINANCE/x Y"):  # fmt: skip
+        assert s.one(line).startswith("a NO"), line
+    assert s.one(b"a SELECT Fin") == "pass"
+    assert Session(policy(rules)).one(b"a SELECT finance") == "pass"  # (the default)
 
 
 def test_dot_delimiter() -> None:
