@@ -351,6 +351,7 @@ class PolicyFilter(Filter):
                 if select and (rule.mailboxes is None or index in src_hits[NAMED]):
                     assert cmd is not None
                     replacement = Replace(examine(cmd))
+                    self.name = "policy/" + rule.name  # (the transcript's "replace" by)
                 continue
             if not matched:
                 continue

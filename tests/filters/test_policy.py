@@ -303,6 +303,20 @@ def test_read_only_turns_select_into_examine(line: bytes, sent: bytes) -> None:
         assert s.one(ok) == "pass", ok
 
 
+def test_the_examine_is_recorded_as_the_rules() -> None:
+    from imapproxy.filters.api import Replace
+    from imapproxy.filters.views import command_view
+
+    s = Session(policy([{"name": "audit", "match": {"user": "a*"}, "action": "read-only"}]))
+    dec = Decoder(Side.CLIENT, LIMITS)
+    dec.authenticated = True
+    dec.receive_data(b"a SELECT INBOX\r\n")
+    ev = dec.next_event()
+    assert isinstance(ev, Frame)
+    verdict, by = s.filters.command(command_view(ev.raw, ev), s.view)
+    assert verdict == Replace(b"a EXAMINE INBOX\r\n") and by == "policy/audit"
+
+
 def test_read_only_on_some_mailboxes_only() -> None:
     rules = [{"match": {"mailbox": "Shared/*"}, "action": "read-only"}]
     s = Session(policy(rules), selected="Shared/team")
