@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry
 
-from . import cli_certs, configfile
+from . import cli_certs, configfile, tail
 from .cli_parsing import HelpFormatter, package_version, parse_args, subparser
 from .config import (
     Endpoint,
@@ -30,6 +31,7 @@ from .config import (
 )
 from .filters.chain import FilterChain
 from .logsafe import MAX_DETAIL, safe
+from .metrics import MetricsServer, ProxyMetrics
 from .net.malloc import tune_malloc
 from .relay.server import Proxy
 from .upstream_check import check_upstream
@@ -207,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
         "configure the rest",
     )
     run.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="Unix socket (mode 0600) where `imapproxy tail` attaches to watch live "
+        "traffic (default: none)",
+    )
+    run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (also: metrics = "
+        '"HOST:PORT" in the config file)',
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -228,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     cli_certs.add_parser(
         lambda name, help: subparser(sub, name, help=help, common=common), common
     )
+
+    tail_parser = subparser(
+        sub,
+        "tail",
+        help="watch a running proxy's traffic, or follow a transcript file",
+        common=common,
+    )
+    tail.add_arguments(tail_parser)
+    tail_parser.set_defaults(handler=tail.run)
     parser.set_defaults(run_parser=run)
     return parser
 
@@ -281,6 +304,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
             answer_timeout=args.answer_timeout,
             shutdown_drain=args.shutdown_drain,
         ),
+        control_socket=args.control_socket,
         session_limits=SessionLimits(
             max_sessions=args.max_sessions,
             max_sessions_per_address=args.max_sessions_per_address,
@@ -308,14 +332,28 @@ async def _run(proxy: Proxy, default_listener: bool = False) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    proxy = Proxy(config, filters=filters_from_args(args))
+    chain = filters_from_args(args)
+    metrics = server = None
+    at = args.metrics or (configfile.load_metrics(args.config) if args.config else None)
+    if at is not None:
+        registry = CollectorRegistry()  # the proxy's own, never the global one
+        metrics = ProxyMetrics(registry)
+        chain = metrics.observe(chain)
+        server = MetricsServer(Endpoint.parse(str(at)), registry)
+    proxy = Proxy(config, filters=chain, events=metrics)
     if args.check_upstream:
         report = trio.run(check_upstream, config)
         print(report.text(), file=sys.stderr, flush=True)
         if not report.ok:
             return 1
+    if server is not None:
+        server.start()  # a port in use: OSError, one line, exit 2
     tune_malloc()
-    trio.run(_run, proxy, not (args.listen or args.listen_tls))
+    try:
+        trio.run(_run, proxy, not (args.listen or args.listen_tls))
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 

@@ -139,6 +139,20 @@ class SessionLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlLimits:
+    """The control socket (``imapproxy tail``)."""
+
+    # Records queued for one attached tail before newer ones are lost (counted, and the
+    # count reported to that tail): a tail that stops reading holds at most this many
+    # (~300 bytes each: ~3 MB) and never slows a session.
+    queue_records: int = 10_000
+    # Tails attached at once: each costs a queue (above) and a copy of every record.
+    max_clients: int = 8
+    # Bytes of one line a tail sends (its filter, well under 1 KiB): more is refused.
+    max_line_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listeners: tuple[ListenerConfig, ...]
     upstream: UpstreamConfig
@@ -150,6 +164,9 @@ class ProxyConfig:
     limits: Limits = DEFAULT_LIMITS
     timeouts: Timeouts = field(default_factory=Timeouts)
     session_limits: SessionLimits = field(default_factory=SessionLimits)
+    # A Unix socket for ``imapproxy tail`` (None: none; the live filter is not in the chain)
+    control_socket: str | None = None
+    control_limits: ControlLimits = field(default_factory=ControlLimits)
 
     def __post_init__(self) -> None:
         if not self.listeners:

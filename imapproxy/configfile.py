@@ -8,6 +8,9 @@ win where both say something).  The shape is a contract: keys are added, never r
     path = "transcript.jsonl"        # "-" for stdout
     on_error = "open"
 
+and, at the top level, ``metrics = "HOST:PORT"`` (serve Prometheus metrics there; the
+``--metrics`` flag wins).
+
 Every mistake is one :class:`~imapproxy.filters.ConfigError` naming the key path
 (``filters[1].on_error: expected one of closed, open; got "opne"``).
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import Endpoint
 from .filters.api import ConfigError, FilterMaker
 from .filters.chain import FilterChain
 from .filters.policy import make_policy
@@ -33,12 +37,13 @@ BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
     "policy": make_policy,
 }
 
-_TOP_LEVEL = frozenset({"filters"})
+_TOP_LEVEL = frozenset({"filters", "metrics"})
 
 
 @dataclass(frozen=True)
 class FileConfig:
     filters: FilterChain = field(default_factory=FilterChain)
+    metrics: Endpoint | None = None
 
 
 def load(path: str | Path, builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS) -> FileConfig:
@@ -50,6 +55,25 @@ def load_tables(path: str | Path) -> list[dict[str, Any]]:
     data = _read(path)
     _check_top(data)
     return list(data.get("filters", []))
+
+
+def load_metrics(path: str | Path) -> Endpoint | None:
+    """The top-level ``metrics = "HOST:PORT"`` of a config file, if any."""
+    data = _read(path)
+    _check_top(data)
+    return _metrics(data)
+
+
+def _metrics(data: Mapping[str, Any]) -> Endpoint | None:
+    value = data.get("metrics")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError("metrics", 'expected a string "HOST:PORT"')
+    try:
+        return Endpoint.parse(value)
+    except ValueError as exc:
+        raise ConfigError("metrics", str(exc)) from None
 
 
 def chain_from_tables(
@@ -77,7 +101,9 @@ def from_mapping(
     data: Mapping[str, Any], builtins: Mapping[str, FilterMaker] = BUILTIN_FILTERS
 ) -> FileConfig:
     _check_top(data)
-    return FileConfig(filters=build_chain(data.get("filters", []), builtins))
+    return FileConfig(
+        filters=build_chain(data.get("filters", []), builtins), metrics=_metrics(data)
+    )
 
 
 def _check_top(data: Mapping[str, Any]) -> None:

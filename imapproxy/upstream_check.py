@@ -22,6 +22,7 @@ from .wire import Conversation
 @dataclass
 class _Counts:
     bytes_from_upstream: int = 0
+    bytes_to_upstream: int = 0
 
 
 @dataclass

@@ -65,6 +65,7 @@ async def pump_client(s: Session) -> None:
             ev = conv.next_client_event()
         except ProtocolError as exc:
             await flush()
+            s.events.protocol_error(s.id, "client", exc.limit or "framing")
             if exc.fatal:
                 log.warning("session %s: client protocol error: %s", s.id, exc.message)
                 raise SessionEnd("client_protocol_error", exc.message, exc.reply) from None
@@ -128,6 +129,8 @@ async def pump_client(s: Session) -> None:
                     else:
                         await answer_starttls(s, ev)
                     continue
+                if ev.first:
+                    s.events.command_started(s.id, ev.tag, ev.name)
                 if ev.sensitive:
                     s.logins.note(ev)
                 decision = gate.command_part(ev)  # (sync: the common case costs no await)
@@ -201,6 +204,7 @@ async def pump_upstream(s: Session) -> None:
                 ev = conv.next_server_event()
             except ProtocolError as exc:
                 await flush()
+                s.events.protocol_error(s.id, "upstream", exc.limit or "framing")
                 log.warning("session %s: upstream protocol error: %s", s.id, exc.message)
                 raise SessionEnd(
                     "upstream_protocol_error",
@@ -236,6 +240,7 @@ async def pump_upstream(s: Session) -> None:
                         # bytes differently from the proxy.  Relaying on could let
                         # them run as commands the proxy never saw.
                         await flush()
+                        s.events.protocol_error(s.id, "upstream", "stray_continuation")
                         log.warning(
                             "session %s: upstream sent a continuation request that "
                             "no command asked for",
@@ -290,6 +295,7 @@ async def flush_to_client(s: Session, parts: list[bytes], boundary: bool) -> Non
         s.holding_client = True
     s.client_boundary = False
     data = parts[0] if len(parts) == 1 else b"".join(parts)
+    s.stats.bytes_to_client += len(data)
     await s.client.send_all(data)
     if boundary:
         s.client_boundary = True
@@ -323,6 +329,7 @@ def completed(s: Session, timers: SessionTimers, frame: Frame) -> SessionEnd | N
     if conv.selected is not s.selected:  # (decoded only when it changes)
         s.selected = conv.selected
         view.selected = _mailbox_name(conv.selected, view.utf8)
+    s.events.command_completed(s.id, tag, frame.name)
     pending = s.logins.completed(tag, frame.name)
     end = None
     if pending is not None:
@@ -367,6 +374,7 @@ async def refuse(s: Session, frame: Frame, why: str) -> None:
     if not frame.final and not waits:
         s.drop_tag = frame.tag
     log.warning("session %s: refused a client command: %s", s.id, why)
+    s.events.command_answered(s.id, frame.name, "blocked")
     reply = tag + b" BAD [CLIENTBUG] " + why.encode() + b"\r\n"
     filtering = s.filtering
     if filtering is not None:

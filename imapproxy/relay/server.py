@@ -20,13 +20,17 @@ import socket
 import trio
 
 from ..config import ListenerConfig, ProxyConfig, UpstreamTls
+from ..filters.api import OnError
 from ..filters.capabilities import CapabilityFilter
 from ..filters.chain import ChainEntry, FilterChain
+from ..filters.live import LiveFactory, LiveHub
 from ..logsafe import MAX_DETAIL, safe
 from ..net.busypoll import BusyPoll
 from ..net.malloc import HeapTrimmer
 from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
+from .control import ControlServer
+from .events import NO_EVENTS, ProxyEvents
 from .session import Session
 
 log = logging.getLogger("imapproxy.server")
@@ -68,9 +72,17 @@ def _listen_advice(lc: ListenerConfig, exc: OSError) -> str:
 
 
 class Proxy:
-    def __init__(self, config: ProxyConfig, *, filters: FilterChain | None = None) -> None:
-        """``filters``: the configured chain; the capability stage always runs first."""
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        filters: FilterChain | None = None,
+        events: ProxyEvents | None = None,
+    ) -> None:
+        """``filters``: the configured chain; the capability stage always runs first.
+        ``events``: told what the relay does that filters cannot see (metrics)."""
         self.config = config
+        self.events = events or NO_EVENTS
         self.configured = filters or FilterChain()
         require_tls = config.require_tls_for_login
         stage = ChainEntry(
@@ -78,8 +90,16 @@ class Proxy:
             lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
         )
         self.filters = FilterChain((stage, *self.configured.entries))
-        # filter name -> hooks that raised, process-wide (logged at shutdown; metrics later)
+        hub = None
+        if config.control_socket:  # imapproxy tail: the live feed, last in the chain
+            hub = LiveHub(capacity=config.control_limits.queue_records)
+            live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
+            self.filters = FilterChain((*self.filters.entries, live))
+        # filter name -> hooks that raised, process-wide (logged at shutdown; the metrics
+        # read it when scraped)
         self.filter_errors: collections.Counter[str] = collections.Counter()
+        names = tuple(entry.name for entry in self.filters.entries)
+        self.events.configured(config, names, self.filter_errors)
         self.server_ssl = (
             server_context(config.cert_file, config.key_file, config.keylog_client)
             if config.cert_file and config.key_file
@@ -99,6 +119,10 @@ class Proxy:
         self._session_ended = trio.Event()
         self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
         self._listeners: list[tuple[ListenerConfig, trio.SocketListener]] | None = None
+        self.control: ControlServer | None = None
+        if config.control_socket and hub is not None:
+            # (the socket is made last: a mistake above leaves no socket file behind)
+            self.control = ControlServer(config.control_socket, hub, config.control_limits)
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -148,10 +172,14 @@ class Proxy:
                 if self.busy_poll is not None:
                     poller.start_soon(self.busy_poll.run)
                 poller.start_soon(self.trimmer.run)
+                if self.control is not None:
+                    poller.start_soon(self.control.serve)
                 await self._serve(listeners, task_status)
                 poller.cancel_scope.cancel()
         finally:
             self._lifecycle("close")
+            if self.control is not None:
+                self.control.close()
         if self.filter_errors:
             log.warning(
                 "filter errors since start: %s",
@@ -219,15 +247,17 @@ class Proxy:
         except OSError:
             await trio.aclose_forcefully(stream)
             return
+        self.events.connection_accepted(lc.name)
         limits = self.config.session_limits
         refusal = None
         if len(self.sessions) >= limits.max_sessions:
-            refusal = "too many sessions"
+            refusal, reason = "too many sessions", "max_sessions"
         elif self._per_address[address] >= limits.max_sessions_per_address:
-            refusal = "too many sessions from your address"
+            refusal, reason = "too many sessions from your address", "max_sessions_per_address"
         sid = f"{self._prefix}-{next(self._ids)}"
         if refusal is not None:
             log.warning("session %s refused peer=%s: %s", sid, safe(peer, spaces=False), refusal)
+            self.events.connection_rejected(lc.name, reason)
             await self._refuse(lc, stream, refusal)
             return
         session = Session(
@@ -241,6 +271,7 @@ class Proxy:
             filters=self.filters,
             filter_errors=self.filter_errors,
             busy_poll=self.busy_poll,
+            events=self.events,
         )
         self.sessions.add(session)
         self._per_address[address] += 1

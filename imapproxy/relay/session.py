@@ -73,6 +73,7 @@ from ..net.busypoll import BusyPoll
 from ..net.transport import TlsStream
 from ..wire import Conversation, Frame, Phase
 from .ends import END_REASONS, SessionEnd, named_bye, unavailable
+from .events import NO_EVENTS, ProxyEvents
 from .filtering import Filtering
 from .login import LoginTracker
 from .pumps import acquire, pump_client, pump_upstream
@@ -90,6 +91,8 @@ class SessionStats:
     bytes_from_client: int = 0
     bytes_from_upstream: int = 0
     starttls_injected: int = 0
+    bytes_to_client: int = 0
+    bytes_to_upstream: int = 0
 
 
 class Session:
@@ -109,8 +112,10 @@ class Session:
         filters: FilterChain,
         filter_errors: collections.Counter[str] | None = None,
         busy_poll: BusyPoll | None = None,
+        events: ProxyEvents = NO_EVENTS,
     ) -> None:
         self.id = session_id
+        self.events = events
         self.client: trio.abc.Stream = stream
         self.upstream: trio.abc.Stream | None = None
         self.peer = peer
@@ -144,6 +149,7 @@ class Session:
 
     async def run(self) -> None:
         started = time.monotonic()
+        self.events.session_opened(self.id, self.listener, self.stats)
         end = SessionEnd("cancelled", "the proxy stopped")
         try:
             end = named_bye(await self._run(), self.conv)
@@ -171,6 +177,7 @@ class Session:
                 end.reason,
                 safe(end.detail, MAX_DETAIL),
             )
+            self.events.session_closed(self.id, end.reason, time.monotonic() - started)
             if self.filtering is not None:
                 self.filtering.ended(
                     SessionEndInfo(
@@ -248,7 +255,8 @@ class Session:
     async def _set_up(self) -> Frame:
         """The upstream, up to its greeting (see :mod:`.upstream`)."""
         setup = UpstreamSetup(
-            self.config, self.conv, self.stats, self.upstream_ssl, self.busy_poll, self.id
+            self.config, self.conv, self.stats, self.upstream_ssl, self.busy_poll, self.id,
+            self.events,
         )
         try:
             return await setup.open()
@@ -291,7 +299,7 @@ class Session:
             self.config.limits,
             send_client=self.send_client,
             send_upstream=self.send_upstream,
-            refused=self.logins.forget,
+            refused=self._refused_by_filter,
             wait_segment=self._await_segment,
             segment_answered=self._wake_segment_wait,
             hook_timeout=self.config.timeouts.filter_hook,
@@ -332,6 +340,10 @@ class Session:
             self._segment_scope = None
             scope.cancel()
 
+    def _refused_by_filter(self, tag: bytes) -> None:
+        self.logins.forget(tag)
+        self.events.command_blocked(self.id, tag)
+
     def _filter_error(self, name: str, hook: str, exc: BaseException) -> None:
         self.filter_errors[name] += 1
         # the exception's text may quote what the filter was looking at: escaped, cut
@@ -358,6 +370,7 @@ class Session:
 
     async def send_client(self, data: bytes) -> None:
         await acquire(self.client_lock)
+        self.stats.bytes_to_client += len(data)
         try:
             await self.client.send_all(data)
         finally:
@@ -366,6 +379,7 @@ class Session:
     async def send_upstream(self, parts: list[bytes]) -> None:
         assert self.upstream is not None
         data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.stats.bytes_to_upstream += len(data)
         try:
             await self.upstream.send_all(data)
         except trio.BrokenResourceError:
@@ -383,6 +397,7 @@ class Session:
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.timeouts.farewell):
             try:
                 async with self.client_lock:
+                    self.stats.bytes_to_client += len(bye)
                     await self.client.send_all(bye)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 pass

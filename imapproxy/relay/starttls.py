@@ -39,11 +39,14 @@ async def start_client_tls(s: Session) -> None:
         with trio.fail_after(s.config.timeouts.tls_handshake):
             await tls.do_handshake()
     except trio.TooSlowError:
+        s.events.tls_failed(s.id, "client", None)
         raise SessionEnd("tls_failed", "client TLS handshake timed out") from None
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__ or exc
+        s.events.tls_failed(s.id, "client", cause)
         raise SessionEnd("tls_failed", f"client TLS handshake failed: {cause}") from None
     s.client_tls = tls.version() or "TLS"
+    s.events.tls_handshake(s.id, "client", s.client_tls)
     if s.filtering is not None:
         s.filtering.view.tls = tls_info(s)
 
@@ -98,11 +101,13 @@ async def answer_starttls(s: Session, frame: Frame) -> None:
     view = replace(command_view(frame.raw, frame), verdict="answer", by="relay")
     filtering.filters.observe_command(view, filtering.view)
     if offers_starttls(s):
+        s.events.command_answered(s.id, "STARTTLS", "OK")
         ok = filtering.local_reply(tag, "OK", tag + b" OK Begin TLS negotiation now\r\n",
                                    "relay")  # fmt: skip
         await _switch(s, ok)
     else:
         conv.client.completed(tag, "BAD")
+        s.events.command_answered(s.id, "STARTTLS", "BAD")
         bad = tag + b" BAD STARTTLS is not available here\r\n"
         await s.send_client(filtering.local_reply(tag, "BAD", bad, "relay"))
 
@@ -110,10 +115,12 @@ async def answer_starttls(s: Session, frame: Frame) -> None:
 async def _switch(s: Session, ok: bytes) -> None:
     """Send the OK, discard what the client pipelined after STARTTLS, then TLS."""
     async with s.client_lock:
+        s.stats.bytes_to_client += len(ok)
         await s.client.send_all(ok)
         injected = s.conv.client.start_tls()
         if injected:
             s.stats.starttls_injected += len(injected)
+            s.events.starttls_injection(s.id, "client")
             log.warning(
                 "session %s: discarded %d bytes the client sent after STARTTLS before "
                 "TLS (command injection attempt)",

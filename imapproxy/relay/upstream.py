@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import time
 from typing import Protocol
 
 import trio
@@ -24,6 +25,7 @@ from ..net.busypoll import BusyPoll
 from ..net.transport import SocketStream, TlsStream
 from ..wire import NEED_DATA, Conversation, EndOfStream, Frame, FrameKind, ProtocolError
 from .ends import SessionEnd, unavailable
+from .events import NO_EVENTS, ProxyEvents
 
 log = logging.getLogger("imapproxy.session")
 
@@ -32,6 +34,7 @@ class Counts(Protocol):
     """What the set-up counts (the session's stats)."""
 
     bytes_from_upstream: int
+    bytes_to_upstream: int
 
 
 _PROXY_TAG = b"IMAPPROXY"  # tags of the few commands the proxy itself sends upstream
@@ -46,8 +49,10 @@ class UpstreamSetup:
         upstream_ssl: ssl.SSLContext | None,
         busy_poll: BusyPoll | None,
         session_id: str,
+        events: ProxyEvents = NO_EVENTS,
     ) -> None:
         self.config = config
+        self.events = events
         self.conv = conv
         self.stats = stats
         self.upstream_ssl = upstream_ssl
@@ -59,9 +64,13 @@ class UpstreamSetup:
         """Connect, TLS or STARTTLS as configured, up to the greeting (whose capability
         list, after STARTTLS, is the one the upstream gave over TLS).  A failure is logged
         at WARNING (the operator's upstream settings may be wrong) and raised."""
+        self.events.upstream_connecting(self.session_id)
+        started = time.monotonic()
         try:
-            return await self._open()
+            greeting = await self._open()
         except SessionEnd as end:
+            # (its context: the OSError or TooSlowError it was raised for, if any)
+            self.events.upstream_failed(self.session_id, end.reason, end.__context__)
             log.warning(
                 "session %s: upstream %s: %s",
                 self.session_id,
@@ -69,6 +78,8 @@ class UpstreamSetup:
                 safe(end.detail, MAX_DETAIL),
             )
             raise
+        self.events.upstream_connected(self.session_id, time.monotonic() - started)
+        return greeting
 
     async def _open(self) -> Frame:
         timeouts = self.config.timeouts
@@ -156,10 +167,13 @@ class UpstreamSetup:
             with trio.fail_after(self.config.timeouts.tls_handshake):
                 await tls.do_handshake()
         except trio.TooSlowError:
+            self.events.tls_failed(self.session_id, "upstream", None)
             raise unavailable("upstream_tls_failed", "upstream TLS handshake timed out") from None
         except trio.BrokenResourceError as exc:
+            self.events.tls_failed(self.session_id, "upstream", exc.__cause__ or exc)
             what, advice = _tls_advice(exc.__cause__ or exc)
             raise _advised("upstream_tls_failed", f"upstream TLS failed: {what}", advice) from None
+        self.events.tls_handshake(self.session_id, "upstream", tls.version())
 
     async def _upstream_starttls(self, greeting: Frame) -> Frame:
         """STARTTLS to the upstream; each exchange is bounded by upstream_greeting, the
@@ -184,6 +198,7 @@ class UpstreamSetup:
             raise unavailable("upstream_tls_failed", "upstream refused STARTTLS")
         injected = self.conv.server.start_tls()
         if injected:
+            self.events.starttls_injection(self.session_id, "upstream")
             log.warning(
                 "session %s: upstream sent %d bytes after its STARTTLS OK; discarded "
                 "(response injection)",
@@ -216,6 +231,7 @@ class UpstreamSetup:
 
     async def _send_upstream_now(self, data: bytes) -> None:
         assert self.stream is not None
+        self.stats.bytes_to_upstream += len(data)
         await self.stream.send_all(data)
 
     async def _read_upstream_frame(self) -> Frame:
@@ -225,6 +241,7 @@ class UpstreamSetup:
             try:
                 ev = self.conv.next_server_event()
             except ProtocolError as exc:
+                self.events.protocol_error(self.session_id, "upstream", exc.limit or "framing")
                 raise unavailable("upstream_protocol", f"upstream protocol error: {exc}") from None
             if ev is NEED_DATA:
                 try:
