@@ -76,7 +76,7 @@ LIMIT_SETS = [
     ),
     Limits(max_line_bytes=1024, inline_literal_bytes=16, max_held_bytes=2048),
 ]
-# Consumed bytes are compacted away lazily (decoder._COMPACT_AT); the bytearray may hold
+# Consumed bytes are compacted away lazily (intake.COMPACT_AT); the bytearray may hold
 # that much on top of the live bytes.
 COMPACTION_SLACK = 256 * 1024
 

@@ -331,7 +331,9 @@ class OnError(enum.Enum):
 class Filter:
     """Base class with no-op hooks: override what you need.
 
-    Set ``name`` (used in logs, transcript records and metric labels).  A filter that
+    Set ``name`` (a default; logs, transcript records, ``by`` fields and metric labels use
+    the name the chain was configured with: the ``[[filters]]`` table's ``name``, else its
+    ``use``, so one filter configured twice is told apart).  A filter that
     only watches sets ``observes_only = True``: its verdicts are ignored, it runs after
     the filters that decide and sees what became of each message (``CommandView.verdict``,
     a replaced message as sent), and the relay does not hold a command back to assemble

@@ -86,11 +86,11 @@ class FilterChain:
         """The filters of one session.  A factory that raises is reported like a hook
         that raises: ``open`` leaves that filter out, ``closed`` fails the session (its
         ``failed`` is set; the relay says BYE)."""
-        filters: list[tuple[Filter, OnError]] = []
+        filters: list[tuple[Filter, OnError, str]] = []
         failed = False
         for entry in self.entries:
             try:
-                filters.append((entry.factory(info), entry.on_error))
+                filters.append((entry.factory(info), entry.on_error, entry.name))
             except Exception as exc:
                 on_error(entry.name, "factory", exc)
                 if entry.on_error is OnError.CLOSED:
@@ -109,7 +109,7 @@ class SessionFilters:
 
     def __init__(
         self,
-        filters: Sequence[tuple[Filter, OnError]],
+        filters: Sequence[tuple[Filter, OnError, str]],
         on_error: ErrorReporter,
         *,
         failed: bool = False,
@@ -122,7 +122,7 @@ class SessionFilters:
         self.report = on_error
         self.failed = failed  # a closed filter could not be made: end the session
         (self._command_names, self._decided_names, self._response_names, self._codes) = (
-            _interests(tuple(f for f, _ in self._filters))
+            _interests(tuple(f for f, _, _ in self._filters))
         )
         # Whether any filter decides about commands (else the relay need not assemble).
         self.decides = self._decided_names != frozenset()
@@ -154,7 +154,7 @@ class SessionFilters:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f, _ in self._filters)
+        return tuple(name for _, _, name in self._filters)
 
     # ------------------------------------------------------------------ events
 
@@ -165,21 +165,21 @@ class SessionFilters:
         return self._event("authenticated", session)
 
     def session_ended(self, session: SessionView, end: SessionEndInfo) -> None:
-        for f, _ in self._filters:
+        for f, _, name in self._filters:
             try:
                 f.session_ended(session, end)
             except Exception as exc:
-                self.report(f.name, "session_ended", exc)
+                self.report(name, "session_ended", exc)
 
     def _event(self, hook: str, session: SessionView) -> Verdict:
         """A notification hook; a closed filter failing ends the session."""
-        for f, on_error in self._filters:
+        for f, on_error, name in self._filters:
             try:
                 if inspect.isawaitable(result := getattr(f, hook)(session)):
                     _discard(result)
                     raise TypeError(f"{hook} cannot wait (only the command hook may be async)")
             except Exception as exc:
-                self.report(f.name, hook, exc)
+                self.report(name, hook, exc)
                 if on_error is OnError.CLOSED:
                     return FAILED_CLOSED_RESPONSE
         return PASS
@@ -205,26 +205,26 @@ class SessionFilters:
         """Go on after a suspended hook: ``outcome`` is what its awaitable returned, or
         the exception it raised (a timeout included).  May suspend again."""
         cmd = pending.cmd
-        f, on_error = self._deciders[pending.index]
+        f, on_error, name = self._deciders[pending.index]
         if isinstance(outcome, BaseException):
-            self.report(f.name, "command", outcome)
+            self.report(name, "command", outcome)
             if on_error is OnError.CLOSED:
-                return self._decided(FAILED_CLOSED_COMMAND, f.name, cmd, session)
+                return self._decided(FAILED_CLOSED_COMMAND, name, cmd, session)
             step = None
         else:
             try:
                 step = self._step(f, outcome, cmd)
             except Exception as exc:
-                self.report(f.name, "command", exc)
+                self.report(name, "command", exc)
                 if on_error is OnError.CLOSED:
-                    return self._decided(FAILED_CLOSED_COMMAND, f.name, cmd, session)
+                    return self._decided(FAILED_CLOSED_COMMAND, name, cmd, session)
                 step = None
         replaced, replaced_by = pending.replaced, pending.replaced_by
         if type(step) is Replace:
-            replaced, replaced_by = step, f.name
+            replaced, replaced_by = step, name
             cmd = cmd.with_raw(step.raw)
         elif step is not None:
-            return self._decided(step, f.name, cmd, session)
+            return self._decided(step, name, cmd, session)
         return self._decided(
             *self._decide_command(cmd, session, pending.index + 1, replaced, replaced_by),
             session,
@@ -280,7 +280,7 @@ class SessionFilters:
         filter saw it)."""
         deciders = self._deciders
         for index in range(start, len(deciders)):
-            f, on_error = deciders[index]
+            f, on_error, name = deciders[index]
             if f.wants_commands is not None and cmd.name not in f.wants_commands:
                 continue
             try:
@@ -292,20 +292,20 @@ class SessionFilters:
                     _discard(verdict)
                     continue  # shown, not held back: not this filter's to decide
                 if inspect.isawaitable(verdict):
-                    return Suspended(verdict, index, cmd, replaced, replaced_by, f.name), None, cmd
+                    return Suspended(verdict, index, cmd, replaced, replaced_by, name), None, cmd
                 step = self._step(f, verdict, cmd)
             except Exception as exc:
-                self.report(f.name, "command", exc)
+                self.report(name, "command", exc)
                 if on_error is OnError.CLOSED:
-                    return FAILED_CLOSED_COMMAND, f.name, cmd
+                    return FAILED_CLOSED_COMMAND, name, cmd
                 continue
             if step is None:
                 continue
             if type(step) is Replace:
-                replaced, replaced_by = step, f.name
+                replaced, replaced_by = step, name
                 cmd = cmd.with_raw(step.raw)
                 continue
-            return step, f.name, cmd
+            return step, name, cmd
         if replaced is not None:
             return replaced, replaced_by, cmd
         return PASS, None, cmd
@@ -332,11 +332,11 @@ class SessionFilters:
         hook: str,
         message: object,
         session: SessionView,
-        observers: tuple[tuple[Filter, OnError], ...],
+        observers: tuple[tuple[Filter, OnError, str], ...],
     ) -> str | None:
         """Run observers; returns the name of a closed one that failed (else None)."""
         failed = None
-        for f, on_error in observers:
+        for f, on_error, name in observers:
             if hook == "command":
                 names = f.wants_commands
                 if names is not None and message.name not in names:  # type: ignore[attr-defined]
@@ -348,9 +348,9 @@ class SessionFilters:
                 if result is not PASS and result is not None:
                     _discard(result)  # (an observer's awaitable is never waited for)
             except Exception as exc:
-                self.report(f.name, hook, exc)
+                self.report(name, hook, exc)
                 if on_error is OnError.CLOSED and failed is None:
-                    failed = f.name
+                    failed = name
         return failed
 
     def client_line(
@@ -359,7 +359,7 @@ class SessionFilters:
         """A SASL line or IDLE's DONE, in order: a Replace (a mapped SASL message) or a
         Disconnect; nothing else fits (the server is waiting for exactly one line)."""
         replaced: Replace | None = None
-        for f, on_error in self._filters:
+        for f, on_error, name in self._filters:
             try:
                 verdict = f.client_line(line, session)
                 if type(verdict) is Pass or f.observes_only:
@@ -371,12 +371,12 @@ class SessionFilters:
                     line = replace(line, data=Secret(verdict.raw), size=len(verdict.raw))
                     continue
                 if type(verdict) is Disconnect:
-                    return verdict, f.name
+                    return verdict, name
                 raise TypeError(f"{verdict!r} is not a verdict for a client line")
             except Exception as exc:
-                self.report(f.name, "client_line", exc)
+                self.report(name, "client_line", exc)
                 if on_error is OnError.CLOSED:
-                    return FAILED_CLOSED_RESPONSE, f.name
+                    return FAILED_CLOSED_RESPONSE, name
         return (replaced or PASS), None
 
     def response(self, resp: ResponseView, session: SessionView) -> tuple[Verdict, str | None]:
@@ -384,7 +384,7 @@ class SessionFilters:
         observers last, on the response as it is sent (or with a Drop/Disconnect)."""
         replaced: Replace | None = None
         result: tuple[Verdict, str | None] | None = None
-        for f, on_error in self._deciders_reversed:
+        for f, on_error, name in self._deciders_reversed:
             if not _wanted(f, resp):
                 continue
             try:
@@ -400,16 +400,16 @@ class SessionFilters:
                 if type(verdict) is Drop:
                     if resp.tag is not None or resp.kind is FrameKind.CONTINUATION:
                         raise ValueError("only untagged responses can be dropped")
-                    result = (verdict, f.name)
+                    result = (verdict, name)
                     break
                 if type(verdict) is Disconnect:
-                    result = (verdict, f.name)
+                    result = (verdict, name)
                     break
                 raise TypeError(f"{verdict!r} is not a verdict for a response")
             except Exception as exc:
-                self.report(f.name, "response", exc)
+                self.report(name, "response", exc)
                 if on_error is OnError.CLOSED:
-                    result = (FAILED_CLOSED_RESPONSE, f.name)
+                    result = (FAILED_CLOSED_RESPONSE, name)
                     break
         if result is None:
             result = (replaced, None) if replaced is not None else (PASS, None)
