@@ -31,8 +31,8 @@ Rules match what the command does, parsed and normalised (:mod:`.policy_rules`),
 filter also watches the answers: a hidden mailbox is dropped from LIST/LSUB (and NOTIFY's)
 answers, and a mailbox whose STATUS would be refused is dropped from STATUS answers (LIST
 RETURN STATUS, NOTIFY).  Each refusal is a log line (``imapproxy.policy``: session, rule,
-command) and the transcript names the rule: the filter's ``name`` is ``policy/<rule>`` for
-the verdict it gives.
+command; no arguments).  The transcript records the verdict with the filter's configured
+name (``policy``; the chain's, not the rule's: see the README).
 """
 
 from __future__ import annotations
@@ -149,16 +149,16 @@ class PolicyFactory:
 
 
 class PolicyFilter(Filter):
+    name = "policy"
     __slots__ = (
         "_hits", "_live", "_names", "_patterned", "_plans", "_selected_key", "_selected_names",
-        "_selecting", "_session_rules", "_state", "factory", "info", "name", "wants_commands",
+        "_selecting", "_session_rules", "_state", "factory", "info", "wants_commands",
         "wants_responses",
     )  # fmt: skip
 
     def __init__(self, factory: PolicyFactory, info: SessionInfo) -> None:
         self.factory = factory
         self.info = info
-        self.name = "policy"
         self.wants_commands = factory.decided
         self.wants_responses = factory.wants_responses
         # (index, rule) of the rules that hold for this client and listener
@@ -237,7 +237,6 @@ class PolicyFilter(Filter):
     # ------------------------------------------------------------------ commands
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
-        self.name = "policy"
         if not cmd.complete and cmd.literals and cmd.literals[-1].inline:
             # the relay asks before a small literal comes: decided once the command is whole
             return PASS
@@ -351,7 +350,8 @@ class PolicyFilter(Filter):
                 if select and (rule.mailboxes is None or index in src_hits[NAMED]):
                     assert cmd is not None
                     replacement = Replace(examine(cmd))
-                    self.name = "policy/" + rule.name  # (the transcript's "replace" by)
+                    log.debug("session %s: policy rule %s: SELECT sent as EXAMINE",
+                              self.info.id, rule.name)  # fmt: skip
                 continue
             if not matched:
                 continue
@@ -372,7 +372,6 @@ class PolicyFilter(Filter):
             answer == "STATUS" if cmd is None else cmd.name not in DEFAULT_EXEMPT
         ):
             if cmd is not None:
-                self.name = "policy/default"
                 log.info("session %s: policy default: %s denied", self.info.id, cmd.full_name)
             return DEFAULT_DENIED
         return replacement or PASS
@@ -386,7 +385,6 @@ class PolicyFilter(Filter):
 
     def _block(self, rule: Rule, cmd: CommandView | None, why: str) -> Reject:
         if cmd is not None:
-            self.name = "policy/" + rule.name
             log.info("session %s: policy rule %s: %s %s", self.info.id, rule.name,
                      cmd.full_name, why)  # fmt: skip
         return Reject(rule.text, status="NO", code=rule.code)
@@ -398,7 +396,6 @@ class PolicyFilter(Filter):
     # ------------------------------------------------------------------ responses
 
     def response(self, resp: ResponseView, session: SessionView) -> Verdict:
-        self.name = "policy"
         if resp.tag is not None:
             if self._selecting:
                 self._selecting.pop(resp.tag, None)

@@ -303,7 +303,7 @@ def test_read_only_turns_select_into_examine(line: bytes, sent: bytes) -> None:
         assert s.one(ok) == "pass", ok
 
 
-def test_the_examine_is_recorded_as_the_rules() -> None:
+def test_the_examine_is_logged_with_the_rule(caplog: pytest.LogCaptureFixture) -> None:
     from imapproxy.filters.api import Replace
     from imapproxy.filters.views import command_view
 
@@ -313,8 +313,12 @@ def test_the_examine_is_recorded_as_the_rules() -> None:
     dec.receive_data(b"a SELECT INBOX\r\n")
     ev = dec.next_event()
     assert isinstance(ev, Frame)
-    verdict, by = s.filters.command(command_view(ev.raw, ev), s.view)
-    assert verdict == Replace(b"a EXAMINE INBOX\r\n") and by == "policy/audit"
+    with caplog.at_level(logging.DEBUG, logger="imapproxy.policy"):
+        verdict, by = s.filters.command(command_view(ev.raw, ev), s.view)
+    assert verdict == Replace(b"a EXAMINE INBOX\r\n") and by == "policy"
+    assert [r.getMessage() for r in caplog.records] == [
+        "session s-1: policy rule audit: SELECT sent as EXAMINE"
+    ]
 
 
 def test_read_only_on_some_mailboxes_only() -> None:
@@ -568,7 +572,8 @@ def test_blocks_are_logged_and_name_the_rule(caplog: pytest.LogCaptureFixture) -
         ev = dec.next_event()
         assert isinstance(ev, Frame)
         decision = s.gate.command_part(ev)
-    assert isinstance(decision, Refuse) and decision.by == "policy/no-finance"
+    # (the verdict is the chain's filter's: "policy"; the rule is named in the log)
+    assert isinstance(decision, Refuse) and decision.by == "policy"
     [record] = [r for r in caplog.records if r.name == "imapproxy.policy"]
     assert record.getMessage() == "session s-1: policy rule no-finance: SELECT denied"
     assert "alice" not in record.getMessage()
