@@ -24,6 +24,7 @@ from . import settings
 from .config import Endpoint
 from .filters.api import FilterMaker
 from .filters.chain import FilterChain
+from .filters.policy import make_policy
 from .filters.registry import build_chain
 from .filters.rewrite import make_rewrite
 from .filters.transcript import make_transcript
@@ -31,6 +32,7 @@ from .filters.transcript import make_transcript
 BUILTIN_FILTERS: Mapping[str, FilterMaker] = {
     "transcript": make_transcript,
     "rewrite": make_rewrite,
+    "policy": make_policy,
 }
 
 @dataclass(frozen=True)
