@@ -167,6 +167,7 @@ class CommandView:
     # itself refused it: a malformed head, a tag in use); ``by`` names who decided.
     verdict: str | None = None
     by: str | None = None
+    rule: str | None = None  # the rule of that filter, when it named one
 
     def _parse(self) -> None:
         d = self.__dict__
@@ -265,9 +266,11 @@ class Replace:
     the replacement.  A command keeps its tag.  A command whose last literal streams (its
     view is not ``complete``: a large APPEND) is replaced up to that literal: ``raw`` ends
     with the same announcement (``{N}``, same size and kind), and the literal follows
-    as the client sends it.  Not for a response too long to parse."""
+    as the client sends it.  Not for a response too long to parse.  ``rule``: which of
+    the filter's rules asked for it (shown to observers, written in the transcript)."""
 
     raw: bytes
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,7 @@ class Reject:
     text: str = "refused by policy"
     status: str = "NO"
     code: str | None = "NOPERM"
+    rule: str | None = None  # which of the filter's rules refused it (never sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +293,7 @@ class Answer:
     text: str = "done"
     status: str = "OK"
     code: str | None = None
+    rule: str | None = None  # which of the filter's rules answered it (never sent)
 
 
 class Drop:

@@ -242,9 +242,10 @@ class SessionFilters:
             return verdict, None
         if self._observers:
             if type(verdict) is Replace:
-                cmd = cmd.with_raw(verdict.raw, verdict="replace", by=by)
+                cmd = cmd.with_raw(verdict.raw, verdict="replace", by=by, rule=verdict.rule)
             elif type(verdict) is not Pass:
-                cmd = replace(cmd, verdict=_VERDICT_NAMES[type(verdict)], by=by)
+                rule = getattr(verdict, "rule", None)
+                cmd = replace(cmd, verdict=_VERDICT_NAMES[type(verdict)], by=by, rule=rule)
             failed = self._observe("command", cmd, session, self._observers)
             if failed is not None and type(verdict) in (Pass, Replace):
                 return FAILED_CLOSED_COMMAND, failed

@@ -349,7 +349,7 @@ class PolicyFilter(Filter):
                     return self._block(rule, cmd, "would change something")
                 if select and (rule.mailboxes is None or index in src_hits[NAMED]):
                     assert cmd is not None
-                    replacement = Replace(examine(cmd))
+                    replacement = Replace(examine(cmd), rule=rule.name)
                     log.debug("session %s: policy rule %s: SELECT sent as EXAMINE",
                               self.info.id, rule.name)  # fmt: skip
                 continue
@@ -387,7 +387,7 @@ class PolicyFilter(Filter):
         if cmd is not None:
             log.info("session %s: policy rule %s: %s %s", self.info.id, rule.name,
                      cmd.full_name, why)  # fmt: skip
-        return Reject(rule.text, status="NO", code=rule.code)
+        return Reject(rule.text, status="NO", code=rule.code, rule=rule.name)
 
     def _block_selects(self, cmd: CommandView) -> Reject:
         log.info("session %s: policy: too many SELECTs in flight", self.info.id)

@@ -24,7 +24,8 @@ server saw).  By type:
 
 * ``session_start``: ``listener``, ``tls`` (null or ``{version, cipher, sni}``);
 * ``command``: ``tag``, ``name`` (``"UID FETCH"``), ``text`` (redacted), ``bytes``,
-  ``literals`` (sizes), and ``verdict``/``filter`` when a filter refused or answered it;
+  ``literals`` (sizes), and ``verdict``/``filter`` (and ``rule``, when the filter named
+  one) when a filter refused, answered or replaced it;
 * ``client_line``: ``tag``, ``kind`` (``auth_data``/``idle_done``), ``bytes`` (the data
   is never written);
 * ``response``: ``tag`` (null if untagged), ``name``, ``status`` and ``code`` (status
@@ -166,7 +167,9 @@ def format_text(record: Record) -> str:
     head = f"{stamp} {record['session']}"
     lost = f"  [{record['lost']} records lost before this]" if record.get("lost") else ""
     if kind == "command":
-        extra = f"  [{record['verdict']} by {record['filter']}]" if record.get("verdict") else ""
+        rule = f" rule {record['rule']}" if record.get("rule") else ""
+        extra = (f"  [{record['verdict']} by {record['filter']}{rule}]"
+                 if record.get("verdict") else "")  # fmt: skip
         return f"{head} C: {record['text']}{extra}{lost}"
     if kind == "client_line":
         return f"{head} C: {'***' if record['kind'] == 'auth_data' else 'DONE'}{lost}"
@@ -270,7 +273,8 @@ class TranscriptFilter(Filter):
                 f'"name":{_json_str(cmd.full_name)},"text":{_json_str(text)},'
                 f'"bytes":{size},"literals":[{",".join([str(x.size) for x in literals])}]'
                 + ("}" if cmd.verdict is None else
-                   f',"verdict":{_json_str(cmd.verdict)},"filter":{_json_opt(cmd.by)}}}')
+                   f',"verdict":{_json_str(cmd.verdict)},"filter":{_json_opt(cmd.by)}'
+                   + ("}" if cmd.rule is None else f',"rule":{_json_str(cmd.rule)}}}'))
             )  # fmt: skip
             return PASS
         record: Record = {
@@ -291,6 +295,8 @@ class TranscriptFilter(Filter):
         if cmd.verdict is not None:
             record["verdict"] = cmd.verdict
             record["filter"] = cmd.by
+            if cmd.rule is not None:
+                record["rule"] = cmd.rule
         self.sink.put(record)
         return PASS
 

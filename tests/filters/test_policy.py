@@ -315,7 +315,7 @@ def test_the_examine_is_logged_with_the_rule(caplog: pytest.LogCaptureFixture) -
     assert isinstance(ev, Frame)
     with caplog.at_level(logging.DEBUG, logger="imapproxy.policy"):
         verdict, by = s.filters.command(command_view(ev.raw, ev), s.view)
-    assert verdict == Replace(b"a EXAMINE INBOX\r\n") and by == "policy"
+    assert verdict == Replace(b"a EXAMINE INBOX\r\n", rule="audit") and by == "policy"
     assert [r.getMessage() for r in caplog.records] == [
         "session s-1: policy rule audit: SELECT sent as EXAMINE"
     ]

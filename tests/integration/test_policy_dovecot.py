@@ -533,16 +533,11 @@ async def test_a_block_is_a_log_line_and_a_transcript_record(
     assert password not in caplog.text and "Finance" not in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a verdict carries no rule and the chain records its configured name as `by` "
-    "(since adb74f1): the transcript cannot name the rule; asked of the lead",
-)
 async def test_the_transcript_names_the_rule(dovecot: DovecotServer, new_user: NewUser) -> None:
     user, password = new_user()
     records = await _blocked_select(dovecot, user, password)
     command = next(r for r in records if r["type"] == "command" and r["tag"] == "x1")
-    assert "no-finance" in json.dumps(command)
+    assert command["verdict"] == "reject" and command["rule"] == "no-finance", command
 
 
 # ----------------------------------------------------------------------------- CLI
