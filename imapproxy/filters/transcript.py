@@ -30,7 +30,8 @@ server saw).  By type:
   is never written);
 * ``response``: ``tag`` (null if untagged), ``name``, ``status`` and ``code`` (status
   responses), ``latency_ms`` and ``command`` (a tagged completion), ``text``, ``bytes``,
-  ``literals``, ``oversize``;
+  ``literals``, ``oversize``, ``by`` (a reply the proxy made: the filter's name, or
+  ``relay``);
 * ``session_end``: ``tls`` (as at the start; set after STARTTLS), ``reason``, ``detail``,
   ``bytes_in``, ``bytes_out``, ``duration``.
 
@@ -332,6 +333,8 @@ class TranscriptFilter(Filter):
                 tail += f',"latency_ms":{latency!r}'
             if command is not None:
                 tail += f',"command":{_json_str(command.full_name)}'
+            if resp.by is not None:
+                tail += f',"by":{_json_str(resp.by)}'
             self.sink.put(
                 f'{{"v":{SCHEMA_VERSION},"t":"{_iso(time.time())}","type":"response",'
                 f'"session":{self._session_json},"client":{self._client_json},'
@@ -365,6 +368,8 @@ class TranscriptFilter(Filter):
             record["latency_ms"] = latency
         if command is not None:
             record["command"] = command.full_name
+        if resp.by is not None:
+            record["by"] = resp.by
         self.sink.put(record)
         return PASS
 

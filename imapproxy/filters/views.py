@@ -90,7 +90,8 @@ def response_view(
 
 
 # Which arguments of a command are mailbox names (by position), for every command that
-# names one (RFC 9051, 3501, 4314 ACL, 2087/9208 QUOTA, 5464 METADATA, 6851 MOVE).  LIST and
+# names one (RFC 9051, 3501, 4314 ACL, 2087/9208 QUOTA, 5464 METADATA, 6851 MOVE, 8508
+# REPLACE).  LIST and
 # LSUB take a reference and a pattern, not mailbox names; they are answered with names the
 # response side sees.
 MAILBOX_ARGUMENTS: dict[str, tuple[int, ...]] = {
@@ -103,6 +104,7 @@ MAILBOX_ARGUMENTS: dict[str, tuple[int, ...]] = {
     "UNSUBSCRIBE": (0,),
     "STATUS": (0,),
     "APPEND": (0,),
+    "REPLACE": (1,),  # RFC 8508: REPLACE <message> <mailbox> <literal>
     "COPY": (1,),
     "MOVE": (1,),
     "GETACL": (0,),

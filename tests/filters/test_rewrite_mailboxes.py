@@ -54,6 +54,7 @@ EXAMPLES = {
     "SETMETADATA": b'SETMETADATA {} (/private/comment "x")',
     "GETMETADATA": b"GETMETADATA (DEPTH 1) {} /private/comment",
     "RENAME": b"RENAME {} Other",
+    "REPLACE": b"REPLACE 4 {} {{5}}\r\nhello",
 }
 
 

@@ -89,3 +89,13 @@ def test_unparsable_arguments_keep_the_head() -> None:
     view = view_of(b'a SELECT "unterminated\r\n')
     assert view.name == "SELECT" and view.tag == b"a"
     assert view.parse_error and view.args == ()
+
+
+def test_replace_names_its_mailbox() -> None:
+    """RFC 8508 REPLACE: the second argument is the mailbox the new message goes to."""
+    from imapproxy.filters.api import UNPARSED, CommandView
+    from imapproxy.filters.views import mailbox_arguments
+
+    raw = b"a REPLACE 4 Archive {5}\r\nhello\r\n"
+    cmd = CommandView(b"a", "REPLACE", False, UNPARSED, raw)
+    assert mailbox_arguments(cmd) == ("Archive",)
