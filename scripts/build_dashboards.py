@@ -428,6 +428,16 @@ def rows() -> list[tuple[str, list[Panel]]]:
                     Target(rate("imapproxy_filter_rejections_total", "filter"), "{{filter}}"),
                 ),
                 ts(
+                    "Filter verdicts",
+                    "Verdicts other than pass per second, by filter and verdict: replace "
+                    "(a rewrite), reject, answer, drop (an untagged response), disconnect.",
+                    "reqps",
+                    Target(
+                        rate("imapproxy_filter_verdicts_total", "filter, verdict"),
+                        "{{filter}} {{verdict}}",
+                    ),
+                ),
+                ts(
                     "Policy blocks by rule",
                     "Commands blocked per second by policy filters, by the configured rule "
                     "that blocked them.",

@@ -293,11 +293,9 @@ class Blocker:
 
             def command(self, cmd, session):  # type: ignore[no-untyped-def]
                 if cmd.name == "SUBSCRIBE":
-                    session.scratch["blocker.rule"] = "no-subscribe"
-                    return Reject()
+                    return Reject(rule="no-subscribe")
                 if b"mallory" in cmd.raw:
-                    session.scratch["blocker.rule"] = "deny-listed-user"
-                    return Reject()
+                    return Reject(rule="deny-listed-user")
                 return PASS
 
         return F()
@@ -328,7 +326,7 @@ def test_observer_counts_logins_appends_and_blocks_by_rule() -> None:
     m, proxy, reg, clock = made(chain)
     info = SessionInfo("s1", "192.0.2.7", 5555, PLAIN.name)
     m.session_opened("s1", PLAIN, SessionStats())
-    filters = proxy.filters.open(info, lambda *a: None)
+    filters = proxy.filters.open(info, lambda *a: None, m.filter_verdict)
     view = SessionView(info)
     gate = CommandGate(filters, view, Limits(), clock=clock)
 
@@ -384,6 +382,8 @@ def test_observer_counts_logins_appends_and_blocks_by_rule() -> None:
     assert get(reg, "imapproxy_policy_blocks_total", filter="blocker", rule="no-subscribe") == 1
     assert get(reg, "imapproxy_policy_blocks_total", filter="blocker", rule="deny-listed-user") == 1
     assert get(reg, "imapproxy_filter_rejections_total", filter="blocker") == 2
+    assert get(reg, "imapproxy_filter_verdicts_total", filter="blocker", verdict="reject") == 2
+    assert get(reg, "imapproxy_filter_verdicts_total", filter="blocker", verdict="replace") == 0
     assert get(reg, "imapproxy_sessions_authenticated", listener=PLAIN.name) == 0
     text = generate_latest(reg).decode()
     for secret in ("bob", "mallory", "carol", "wrong", "192.0.2.7", "5555", "INBOX"):

@@ -55,6 +55,10 @@ from .api import (
 
 # (filter name, hook name, the exception) -> None; must not raise.
 ErrorReporter = Callable[[str, str, BaseException], None]
+# (filter name, verdict name, the filter's rule or None) -> None, for every verdict that
+# is not a pass (metrics); must not raise.  Verdict names: replace, reject, answer,
+# disconnect (commands); replace, drop, disconnect (responses).
+VerdictReporter = Callable[[str, str, "str | None"], None]
 
 FAILED_CLOSED_COMMAND = Reject("filter failed", status="NO", code="UNAVAILABLE")
 FAILED_CLOSED_RESPONSE = Disconnect("filter failed")
@@ -63,6 +67,7 @@ _VERDICT_NAMES: dict[type, str] = {
     Answer: "answer",
     Disconnect: "disconnect",
     Replace: "replace",
+    Drop: "drop",
 }
 
 
@@ -82,7 +87,12 @@ class FilterChain:
     def __bool__(self) -> bool:
         return bool(self.entries)
 
-    def open(self, info: SessionInfo, on_error: ErrorReporter) -> SessionFilters:
+    def open(
+        self,
+        info: SessionInfo,
+        on_error: ErrorReporter,
+        on_verdict: VerdictReporter | None = None,
+    ) -> SessionFilters:
         """The filters of one session.  A factory that raises is reported like a hook
         that raises: ``open`` leaves that filter out, ``closed`` fails the session (its
         ``failed`` is set; the relay says BYE)."""
@@ -95,7 +105,7 @@ class FilterChain:
                 on_error(entry.name, "factory", exc)
                 if entry.on_error is OnError.CLOSED:
                     failed = True
-        return SessionFilters(filters, on_error, failed=failed)
+        return SessionFilters(filters, on_error, failed=failed, on_verdict=on_verdict)
 
 
 class SessionFilters:
@@ -104,7 +114,7 @@ class SessionFilters:
     __slots__ = (
         "_codes", "_command_names", "_decided_names", "_deciders", "_deciders_reversed",
         "_filters", "_observers", "_observers_reversed", "_response_names", "decides",
-        "failed", "report",
+        "failed", "on_verdict", "report",
     )  # fmt: skip
 
     def __init__(
@@ -113,6 +123,7 @@ class SessionFilters:
         on_error: ErrorReporter,
         *,
         failed: bool = False,
+        on_verdict: VerdictReporter | None = None,
     ) -> None:
         self._filters = tuple(filters)
         self._deciders = tuple(x for x in self._filters if not x[0].observes_only)
@@ -120,6 +131,7 @@ class SessionFilters:
         self._deciders_reversed = tuple(reversed(self._deciders))
         self._observers_reversed = tuple(reversed(self._observers))
         self.report = on_error
+        self.on_verdict = on_verdict
         self.failed = failed  # a closed filter could not be made: end the session
         (self._command_names, self._decided_names, self._response_names, self._codes) = (
             _interests(tuple(f for f, _, _ in self._filters))
@@ -240,6 +252,9 @@ class SessionFilters:
         """The chain's verdict on ``cmd``, shown to the observers (unless suspended)."""
         if type(verdict) is Suspended:
             return verdict, None
+        if type(verdict) is not Pass and self.on_verdict is not None:
+            self.on_verdict(by or "?", _VERDICT_NAMES[type(verdict)],
+                            getattr(verdict, "rule", None))  # fmt: skip
         if self._observers:
             if type(verdict) is Replace:
                 cmd = cmd.with_raw(verdict.raw, verdict="replace", by=by, rule=verdict.rule)
@@ -263,6 +278,9 @@ class SessionFilters:
             return PASS, None
         if type(verdict) is Pass or type(verdict) is Replace:
             return PASS, None
+        if self.on_verdict is not None:
+            self.on_verdict(by or "?", _VERDICT_NAMES[type(verdict)],
+                            getattr(verdict, "rule", None))  # fmt: skip
         return verdict, by  # type: ignore[return-value]
 
     def observe_command(self, cmd: CommandView, session: SessionView) -> None:
@@ -384,6 +402,7 @@ class SessionFilters:
         """Run a response through the chain in reverse order (see :meth:`command`);
         observers last, on the response as it is sent (or with a Drop/Disconnect)."""
         replaced: Replace | None = None
+        replaced_by: str | None = None
         result: tuple[Verdict, str | None] | None = None
         for f, on_error, name in self._deciders_reversed:
             if not _wanted(f, resp):
@@ -395,7 +414,7 @@ class SessionFilters:
                 if type(verdict) is Replace:
                     if resp.oversize:
                         raise ValueError("Replace of a response too long to parse")
-                    replaced = verdict
+                    replaced, replaced_by = verdict, name
                     resp = replace(resp, raw=verdict.raw)
                     continue
                 if type(verdict) is Drop:
@@ -413,7 +432,10 @@ class SessionFilters:
                     result = (FAILED_CLOSED_RESPONSE, name)
                     break
         if result is None:
-            result = (replaced, None) if replaced is not None else (PASS, None)
+            result = (replaced, replaced_by) if replaced is not None else (PASS, None)
+        if type(result[0]) is not Pass and self.on_verdict is not None:
+            self.on_verdict(result[1] or "?", _VERDICT_NAMES[type(result[0])],
+                            getattr(result[0], "rule", None))  # fmt: skip
         if self._observers_reversed and type(result[0]) is not Drop:
             failed = self._observe("response", resp, session, self._observers_reversed)
             if failed is not None and type(result[0]) is not Disconnect:

@@ -118,6 +118,7 @@ class PolicyFactory:
         store: BucketStore | None = None,
     ) -> None:
         self.rules = rules
+        self.rule_names = tuple(r.name for r in rules)  # (for the metrics' rule label)
         self.default_deny = default == DENY
         self.delimiter = delimiter
         self.store = store if store is not None else BucketStore(DEFAULT_MAX_BUCKETS)

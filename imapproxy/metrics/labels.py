@@ -63,6 +63,8 @@ RELOAD_RESULTS = ("success", "failure")
 CLOSE_REASONS: tuple[str, ...] = tuple(END_REASONS)
 REJECTIONS: tuple[str, ...] = REJECT_REASONS
 RELAY = "relay"  # the filter label of what the relay itself decided
+# Verdicts other than pass (the chain reports them): commands and responses.
+VERDICTS = ("replace", "reject", "answer", "drop", "disconnect")
 OTHER = "other"
 
 # ------------------------------------------------------------------ buckets (seconds, bytes)

@@ -32,7 +32,7 @@ from ..filters.api import (
     Verdict,
 )
 from ..wire.events import FrameKind
-from .labels import OTHER, RELAY, mechanism_label
+from .labels import RELAY, mechanism_label
 
 if TYPE_CHECKING:
     from .proxy import Live, ProxyMetrics
@@ -92,10 +92,6 @@ class MetricsFilter(Filter):
         if by is not None:  # the proxy's own NO/BAD: a refusal
             who = by if by in m.filter_names else RELAY
             m.filter_rejections.inc((who,))
-            rules = m.policy_rules.get(who)
-            if rules is not None:
-                rule = session.scratch.get(who + ".rule")
-                m.policy_blocks.inc((who, rule if rule in rules else OTHER))
         logins = self._logins
         if logins is not None:
             mech = logins.pop(tag, None)

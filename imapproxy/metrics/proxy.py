@@ -185,6 +185,9 @@ class ProxyMetrics(ProxyEvents, Collector):
                                    "filter (or relay) that made them", "filter")  # fmt: skip
         self.policy_blocks = c("policy_blocks_total", "Commands blocked, by rule",
                                "filter", "rule")  # fmt: skip
+        self.filter_verdicts = c("filter_verdicts_total",
+                                 "Filter verdicts other than pass, by filter and verdict",
+                                 "filter", "verdict")  # fmt: skip
         # upstream
         self.upstream_attempts = c("upstream_connect_attempts_total",
                                    "Upstream set-ups started", "upstream")  # fmt: skip
@@ -230,8 +233,8 @@ class ProxyMetrics(ProxyEvents, Collector):
     def observe(self, chain: FilterChain) -> FilterChain:
         """``chain`` with the metrics' observer added (last; observers run after the
         filters that decide anyway).  A filter whose factory has ``rule_names`` (a policy)
-        gets its blocks counted by rule: it names the deciding rule in
-        ``session.scratch["<filter name>.rule"]``."""
+        gets its blocks counted by rule: the rule its verdict names (``Reject(rule=...)``,
+        reported by the chain)."""
         for entry in chain.entries:
             rules = getattr(entry.factory, "rule_names", None)
             if rules is not None:
@@ -261,6 +264,7 @@ class ProxyMetrics(ProxyEvents, Collector):
         self.idling.declare(listeners)
         self.auth.declare(listeners, L.MECHANISMS, L.AUTH_RESULTS)
         self.filter_rejections.declare([*filter_names, L.RELAY])
+        self.filter_verdicts.declare(list(filter_names), L.VERDICTS)
         for name, rules in self.policy_rules.items():
             self.policy_blocks.declare([name], [*sorted(rules), L.OTHER])
         self.upstream_attempts.declare(self._upstream)
@@ -377,6 +381,14 @@ class ProxyMetrics(ProxyEvents, Collector):
             return
         hist[bisect.bisect_left(_COMMAND_BOUNDS, latency)] += 1
         self._duration_sums[(label,)] += latency
+
+    def filter_verdict(self, filter: str, verdict: str, rule: str | None) -> None:
+        if filter not in self.filter_names or verdict not in L.VERDICTS:
+            return  # (closed label sets: a name the configuration does not know)
+        self.filter_verdicts.inc((filter, verdict))
+        rules = self.policy_rules.get(filter)
+        if rules is not None and verdict in ("reject", "answer", "disconnect"):
+            self.policy_blocks.inc((filter, rule if rule in rules else L.OTHER))
 
     def command_blocked(self, session_id: str, tag: bytes) -> None:
         live = self._live.get(session_id)

@@ -90,6 +90,9 @@ class ProxyEvents:
     def command_completed(self, session_id: str, tag: bytes, status: str) -> None:
         """The server's tagged completion of a command (status OK, NO or BAD)."""
 
+    def filter_verdict(self, filter: str, verdict: str, rule: str | None) -> None:
+        """A filter's verdict that was not a pass (see ``chain.VerdictReporter``)."""
+
     def command_blocked(self, session_id: str, tag: bytes) -> None:
         """A filter refused or answered a started command itself: it never reached
         the server."""

@@ -291,7 +291,7 @@ class Session:
         )
         view = SessionView(info, tls=tls_info(self), capabilities=self.conv.capabilities)
         view.phase = self.conv.phase
-        filters = self.chain.open(info, self._filter_error)
+        filters = self.chain.open(info, self._filter_error, self.events.filter_verdict)
         self.filtering = Filtering(
             filters,
             view,

@@ -1,5 +1,5 @@
 """A deciding filter for the metrics tests, written as a policy filter would be: it refuses
-SUBSCRIBE, names the rule that did in ``session.scratch["<name>.rule"]`` and declares its
+SUBSCRIBE, names the rule that did on its verdict (``Reject(rule=...)``) and declares its
 rule names on its factory (``rule_names``), so the metrics count its blocks by rule."""
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ class Blocker(Filter):
         self.filter_name = filter_name
 
     def command(self, cmd: CommandView, session: SessionView) -> Verdict:
-        session.scratch[self.filter_name + ".rule"] = RULE
-        return Reject("subscriptions are managed elsewhere")
+        return Reject("subscriptions are managed elsewhere", rule=RULE)
 
 
 class BlockerFactory:
