@@ -338,7 +338,12 @@ async def _run(
                         log.warning("got SIGHUP: nothing to reload (no --config)")
                     else:
                         log.info("got SIGHUP: reloading the configuration")
-                        await proxy.reload(reload)
+                        try:
+                            await proxy.reload(reload)
+                        except Exception as exc:  # a bug: the proxy keeps serving
+                            log.error("reload failed half-way: %s: %s (restart the proxy, "
+                                      "and report it)", type(exc).__name__,
+                                      safe(exc, MAX_DETAIL))  # fmt: skip
                     continue
                 log.info("got %s: shutting down", signal.Signals(signum).name)
                 proxy.shutdown()

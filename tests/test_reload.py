@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Callable
 
@@ -157,6 +158,10 @@ def test_proxy_reload_applies_or_refuses(caplog: pytest.LogCaptureFixture) -> No
                 raise ValueError("filters[1].use: no filter named 'nope'")
 
             assert not await proxy.reload(broken)
+            no_cert = dataclasses.replace(_config(0), cert_file="/nonexistent/cert.pem",
+                                          key_file="/nonexistent/key.pem")  # fmt: skip
+            assert not await proxy.reload(lambda: Reloaded(no_cert, FilterChain(), ()))
+            assert proxy.source.generation == 0 and len(life) == 2
             # applied: the unchanged entry keeps its factory (not started again)
             good = Reloaded(_config(0), FilterChain((new_keep, fresh)), ("k", "f"))
             assert await proxy.reload(lambda: good)
@@ -169,9 +174,10 @@ def test_proxy_reload_applies_or_refuses(caplog: pytest.LogCaptureFixture) -> No
     with caplog.at_level("INFO", logger="imapproxy"):
         trio.run(main)
     refused = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
-    assert len(refused) == 2, refused
+    assert len(refused) == 3, refused
     assert "cannot listen on" in refused[0] and "address already in use" in refused[0]
     assert "filters[1].use" in refused[1]
+    assert "/nonexistent/cert.pem" in refused[2], refused[2]
     assert all(r.levelname == "ERROR" for r in caplog.records if "reload refused" in r.message)
 
 

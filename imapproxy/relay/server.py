@@ -158,8 +158,10 @@ class Proxy:
             opened = await _open_listeners(
                 lc for key, lc in wanted.items() if key not in self._serving
             )
-        except (ValueError, OSError) as exc:  # ConfigError is a ValueError
-            log.error("reload refused: %s; the running configuration stays", safe(exc, 500))
+        except Exception as exc:  # ConfigError is a ValueError; ListenError an OSError
+            what = exc if isinstance(exc, (ValueError, OSError)) else (
+                f"{type(exc).__name__}: {exc}")  # fmt: skip
+            log.error("reload refused: %s; the running configuration stays", safe(what, 500))
             self.events.config_reloaded(False)
             return False
         started: list[ChainEntry] = []
@@ -169,7 +171,7 @@ class Proxy:
                 if method is not None:
                     method()
                 started.append(entry)
-        except (ValueError, OSError) as exc:  # e.g. a transcript file that cannot be made
+        except Exception as exc:  # e.g. a transcript file that cannot be made
             for entry in started:
                 getattr(entry.factory, "close", lambda: None)()
             for _, sock_listener in opened:
