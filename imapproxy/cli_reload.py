@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import logging
 import os
 import signal
 from collections.abc import Callable, Hashable, Iterator
@@ -23,8 +23,6 @@ from . import cli_config, configfile
 from .metrics import ProxyMetrics
 from .relay.reload import Reloaded
 from .settings import FileSettings
-
-log = logging.getLogger("imapproxy")
 
 # The metrics' own observer entry: always the same filter, kept across reloads.
 _METRICS_KEY = ("metrics",)
@@ -63,16 +61,17 @@ def reloader(
     metrics: ProxyMetrics | None,
     first: FileSettings,
 ) -> Callable[[], Reloaded]:
-    """What ``Proxy.reload`` calls on SIGHUP; warns about what needs a restart."""
+    """What ``Proxy.reload`` calls on SIGHUP (it warns about what needs a restart)."""
 
     def again() -> Reloaded:
         file = cli_config.load_file(args)
         built, _, _ = build(args, given, tables, metrics, file)
+        restart = []
         if cli_config.metrics_address(args, file) != cli_config.metrics_address(args, first):
-            log.warning("reload: metrics changed: it takes effect only after a restart")
+            restart.append("metrics")
         if file.log_level != first.log_level:
-            log.warning("reload: logging.level changed: it takes effect only after a restart")
-        return built
+            restart.append("logging.level")
+        return dataclasses.replace(built, restart=tuple(restart))
 
     return again
 

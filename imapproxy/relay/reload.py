@@ -37,6 +37,8 @@ class Reloaded:
     config: ProxyConfig
     chain: FilterChain
     keys: tuple[Hashable, ...]
+    # settings the proxy does not hold that changed and need a restart (their key paths)
+    restart: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -179,7 +179,7 @@ class Proxy:
             log.error("reload refused: %s; the running configuration stays", safe(exc, 500))
             self.events.config_reloaded(False)
             return False
-        for key in restart_keys(self.config, new.config):
+        for key in (*restart_keys(self.config, new.config), *new.restart):
             log.warning("reload: %s changed: it takes effect only after a restart", key)
         # from here on nothing can fail: commit
         old_config = self.config

@@ -153,13 +153,17 @@ def test_reload_under_load(dovecot: DovecotServer, new_user: NewUser, tmp_path: 
         rules = '[[filters.rules]]\nname = "no-create"\nmatch = { command = "CREATE" }\n' \
                 'action = "deny"\ntext = "no new mailboxes"'  # fmt: skip
         new_listeners = [_plain(main, "main"), tls_block, _plain(added, "added")]
-        config.write_text(_config(dovecot, new_listeners, cert, key, metrics, rules))
+        restart_only = "\n[timeouts]\nlogin = 30\n"  # needs a restart: named, not applied
+        config.write_text(_config(dovecot, new_listeners, cert, key, metrics, rules,
+                                  restart_only))  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-m", "imapproxy", "reload", "--pid-file", str(pid_file)],
             cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        _wait_log(proxy, r"reload: configuration applied")
+        log = _wait_log(proxy, r"reload: configuration applied")
+        assert "WARNING imapproxy.server: reload: timeouts changed: it takes effect only " \
+               "after a restart" in log, log  # fmt: skip
 
         # the next command of an open session meets the new rule; Dovecot never saw it
         typ, data = plain.create("Reloaded")
@@ -186,11 +190,15 @@ def test_reload_under_load(dovecot: DovecotServer, new_user: NewUser, tmp_path: 
 
         # a bad file: refused in one line naming the key; the old policy stays
         config.write_text(_config(dovecot, new_listeners, cert, key, metrics,
-                                  rules.replace("action =", "acton =")))  # fmt: skip
+                                  rules.replace("action =", "acton ="), restart_only))  # fmt: skip
         os.kill(proxy.pid, signal.SIGHUP)
         log = _wait_log(proxy, r"reload refused")
         refused = [line for line in log.splitlines() if "reload refused" in line]
         assert len(refused) == 1 and "ERROR" in refused[0], refused
+        after = log.split("reload: configuration applied")[1].splitlines()[1:]
+        assert [line for line in after if " session " not in line] == [
+            next(line for line in after if "got SIGHUP" in line), refused[0]
+        ], after  # the refusal is the one line it logs
         assert "filters[0].rules[0]" in refused[0] and "acton" in refused[0], refused
         assert "the running configuration stays" in refused[0]
         assert plain.create("StillNo")[0] == "NO"
