@@ -158,7 +158,9 @@ def restart_keys(old: ProxyConfig, new: ProxyConfig) -> list[str]:
     return changed
 
 
-def listener_key(lc: ListenerConfig) -> tuple[str, int]:
+def listener_key(lc: ListenerConfig) -> Hashable:
     """Listeners are told apart by address: one whose address stays keeps its socket (its
-    TLS mode, certificate and name may change)."""
-    return (lc.endpoint.host, lc.endpoint.port)
+    TLS mode, certificate and name may change).  Port 0 (any free port; tests) is no
+    address: such a listener is told apart by all it is."""
+    host, port = lc.endpoint.host, lc.endpoint.port
+    return (host, port) if port else (host, port, lc)

@@ -126,7 +126,7 @@ class Proxy:
         self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
         self._listeners: list[tuple[ListenerConfig, trio.SocketListener]] | None = None
         # by address (listener_key): what is served, each with the scope of its accept loops
-        self._serving: dict[tuple[str, int], _Listening] = {}
+        self._serving: dict[Hashable, _Listening] = {}
         self._acceptors: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
         self.control: ControlServer | None = None
@@ -207,7 +207,7 @@ class Proxy:
             if key in self._serving:
                 self._serving[key].lc = lc
         self.bound = [(wanted[listener_key(lc)], addr) for lc, addr in self.bound]
-        fresh: dict[tuple[str, int], _Listening] = {}
+        fresh: dict[Hashable, _Listening] = {}
         for lc, sock_listener in opened:
             fresh.setdefault(listener_key(lc), _Listening(lc)).sockets.append(sock_listener)
         self._serving.update(fresh)
