@@ -199,6 +199,7 @@ class Session:
             # session (TLS objects, buffers) until the next full garbage collection.
             self._end = None
             self.filtering = None
+            self._chain = None
 
     def shutdown(self, text: str = "shutting down") -> None:
         """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
