@@ -155,6 +155,11 @@ class Proxy:
                 self.configured.entries, self._keys, new.chain.entries, new.keys
             )
             wanted = {listener_key(lc): lc for lc in new.config.listeners}
+            # what a reload changes of the configuration (the rest needs a restart)
+            applied = dataclasses.replace(
+                self.config, listeners=new.config.listeners, cert_file=new.config.cert_file,
+                key_file=new.config.key_file,
+            )  # fmt: skip
             opened = await _open_listeners(
                 lc for key, lc in wanted.items() if key not in self._serving
             )
@@ -182,11 +187,7 @@ class Proxy:
         for key in (*restart_keys(self.config, new.config), *new.restart):
             log.warning("reload: %s changed: it takes effect only after a restart", key)
         # from here on nothing can fail: commit
-        old_config = self.config
-        self.config = dataclasses.replace(
-            old_config, listeners=new.config.listeners, cert_file=new.config.cert_file,
-            key_file=new.config.key_file,
-        )  # fmt: skip
+        self.config = applied
         self.server_ssl, self.listener_ssl = server_ssl, listener_ssl
         self.configured = FilterChain(merged)
         self._keys = new.keys
@@ -264,7 +265,6 @@ class Proxy:
         """Run until shutdown; ``task_status.started`` gets the bound (host, port)s."""
         await self.bind()
         assert self._listeners is not None
-        listeners = self._listeners
         self._lifecycle("start")
         try:
             async with trio.open_nursery() as poller:
@@ -273,7 +273,7 @@ class Proxy:
                 poller.start_soon(self.trimmer.run)
                 if self.control is not None:
                     poller.start_soon(self.control.serve)
-                await self._serve(listeners, task_status)
+                await self._serve(task_status)
                 poller.cancel_scope.cancel()
         finally:
             self._lifecycle("close")
@@ -298,11 +298,7 @@ class Proxy:
             if method is not None:
                 method()
 
-    async def _serve(
-        self,
-        listeners: list[tuple[ListenerConfig, trio.SocketListener]],
-        task_status: trio.TaskStatus[list[tuple[str, int]]],
-    ) -> None:
+    async def _serve(self, task_status: trio.TaskStatus[list[tuple[str, int]]]) -> None:
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             with trio.CancelScope() as accept_scope:
