@@ -10,6 +10,7 @@ refused in one log line naming the key and the old policy stays; the metrics cou
 from __future__ import annotations
 
 import imaplib
+import json
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ def _config(
     metrics: int,
     rules: str = "",
     extra: str = "",
+    transcript: Path | None = None,
 ) -> str:
     out = [f'metrics = "{HOST}:{metrics}"', "", "[tls]", f'cert = "{cert}"', f'key = "{key}"']
     for block in listeners:
@@ -51,6 +53,9 @@ def _config(
     out += ["", "[upstream]", f'address = "{dovecot.host}:{dovecot.port}"']
     if rules:
         out += ["", "[[filters]]", 'use = "policy"', 'name = "acl"', 'delimiter = "."', rules]
+    if transcript is not None:  # after the policy: the same table at another place
+        out += ["", "[[filters]]", 'use = "transcript"', f'path = "{transcript}"',
+                'format = "jsonl"']  # fmt: skip
     return "\n".join(out) + "\n" + extra
 
 
@@ -119,8 +124,10 @@ def test_reload_under_load(dovecot: DovecotServer, new_user: NewUser, tmp_path: 
     main, doomed, added, tls_port, metrics = (free_port() for _ in range(5))
     tls_block = f'address = "{HOST}:{tls_port}"\ntls = "implicit"\nname = "tls"'
     config = tmp_path / "proxy.toml"
+    records = tmp_path / "transcript.jsonl"
     config.write_text(_config(dovecot, [_plain(main, "main"), _plain(doomed, "doomed"),
-                                        tls_block], cert, key, metrics))  # fmt: skip
+                                        tls_block], cert, key, metrics,
+                              transcript=records))  # fmt: skip
     pid_file = tmp_path / "proxy.pid"
     (u1, p1), (u2, p2), (u3, p3), (u4, p4), (u5, p5) = (new_user() for _ in range(5))
     args = ["--config", str(config), "--pid-file", str(pid_file)]
@@ -155,7 +162,7 @@ def test_reload_under_load(dovecot: DovecotServer, new_user: NewUser, tmp_path: 
         new_listeners = [_plain(main, "main"), tls_block, _plain(added, "added")]
         restart_only = "\n[timeouts]\nlogin = 30\n"  # needs a restart: named, not applied
         config.write_text(_config(dovecot, new_listeners, cert, key, metrics, rules,
-                                  restart_only))  # fmt: skip
+                                  restart_only, records))  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-m", "imapproxy", "reload", "--pid-file", str(pid_file)],
             cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
@@ -190,7 +197,8 @@ def test_reload_under_load(dovecot: DovecotServer, new_user: NewUser, tmp_path: 
 
         # a bad file: refused in one line naming the key; the old policy stays
         config.write_text(_config(dovecot, new_listeners, cert, key, metrics,
-                                  rules.replace("action =", "acton ="), restart_only))  # fmt: skip
+                                  rules.replace("action =", "acton ="), restart_only,
+                                  records))  # fmt: skip
         os.kill(proxy.pid, signal.SIGHUP)
         log = _wait_log(proxy, r"reload refused")
         refused = [line for line in log.splitlines() if "reload refused" in line]
@@ -218,6 +226,15 @@ def test_reload_under_load(dovecot: DovecotServer, new_user: NewUser, tmp_path: 
         plain.logout()
         on_tls.logout()
     assert not pid_file.exists()
+    # the transcript (unchanged, moved after the policy) kept its one writer: the refused
+    # CREATE is written once, with the rule that refused it
+    creates = [json.loads(line) for line in records.read_text().splitlines()
+               if '"CREATE"' in line and "Reloaded" in line]  # fmt: skip
+    assert len(creates) == 1 and creates[0].get("rule") == "no-create", creates
+    session = creates[0]["session"]  # its filter instance too: one start, one end
+    kinds = [r["type"] for r in map(json.loads, records.read_text().splitlines())
+             if r.get("session") == session]  # fmt: skip
+    assert kinds.count("session_start") == 1 and kinds.count("session_end") == 1, kinds
 
 
 def _trusting(ca: Path) -> ssl.SSLContext:
