@@ -1,5 +1,5 @@
-"""Command line: ``imapproxy run|check|certs ...`` (the composition root: config, filters,
-signals).
+"""Command line: ``imapproxy run|check|certs|reload|tail ...`` (the composition root:
+config, filters, signals: SIGTERM/SIGINT stop, SIGUSR1 reopens files, SIGHUP reloads).
 
 Operator mistakes (a bad flag, a missing file, a port in use) end with one line that names
 what failed and what to do, exit status 2, and no traceback unless ``--debug``.

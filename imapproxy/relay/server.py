@@ -6,6 +6,12 @@ nursery.  Sessions are independent: a session's failure is logged and ends that 
 Shutdown (``Proxy.shutdown()``, wired to SIGTERM/SIGINT by the CLI): the listeners close at
 once; sessions may finish on their own until ``timeouts.shutdown_drain`` has passed; then
 each remaining session gets ``* BYE [UNAVAILABLE] shutting down`` and is closed.
+
+Reload (``Proxy.reload``, wired to SIGHUP): everything that can fail (the new file, its
+chain, the certificates, the new listeners' sockets, new filters' ``start``) is done
+first, and a failure changes nothing; then the new chain is published (sessions take it at
+their next command, see :mod:`.reload`), new handshakes get the new certificates,
+listeners removed stop accepting (their sessions go on) and listeners added are served.
 """
 
 from __future__ import annotations
