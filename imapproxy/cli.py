@@ -1,5 +1,5 @@
-"""Command line: ``imapproxy run|check|certs ...`` (the composition root: config, filters,
-signals).
+"""Command line: ``imapproxy run|check|certs|reload|tail ...`` (the composition root:
+config, filters, signals: SIGTERM/SIGINT stop, SIGUSR1 reopens files, SIGHUP reloads).
 
 Operator mistakes (a bad flag, a missing file, a port in use) end with one line that names
 what failed and what to do, exit status 2, and no traceback unless ``--debug``.
@@ -18,7 +18,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
-from . import cli_certs, cli_check, cli_config, configfile, tail
+from . import cli_certs, cli_check, cli_config, cli_reload, configfile, tail
 from .cli_parsing import HelpFormatter, package_version, parse_args, subparser
 from .config import (
     Endpoint,
@@ -222,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         '"HOST:PORT" in the config file)',
     )
     run.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write the pid here (removed at exit), for imapproxy reload (default: none)",
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -257,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         lambda name, help: subparser(sub, name, help=help, common=common), common
     )
 
+    cli_reload.add_parser(lambda name, **kw: subparser(sub, name, common=common, **kw))
+
     tail_parser = subparser(
         sub,
         "tail",
@@ -273,13 +280,18 @@ def filters_from_args(args: argparse.Namespace, file: FileSettings | None = None
     """The configured filter chain: the config file's, then ``--transcript``'s."""
     if file is None:
         file = cli_config.load_file(args)
+    return configfile.chain_from_tables(filter_tables(args, file))
+
+
+def filter_tables(args: argparse.Namespace, file: FileSettings) -> list[dict[str, Any]]:
+    """The ``[[filters]]`` tables of the chain: the config file's, then ``--transcript``'s."""
     tables: list[dict[str, Any]] = [dict(t) for t in file.filters]
     if args.transcript:
         tables.append(
             {"use": "transcript", "name": "--transcript", "path": "-", "format": "text",
              "on_error": "open"}
         )  # fmt: skip
-    return configfile.chain_from_tables(tables)
+    return tables
 
 
 def upstream_from_args(args: argparse.Namespace) -> UpstreamConfig:
@@ -304,17 +316,34 @@ def config_from_args(
     return config
 
 
-async def _run(proxy: Proxy, default_listener: bool = False) -> None:
+async def _run(
+    proxy: Proxy,
+    default_listener: bool = False,
+    reload: Callable[[], cli_reload.Reloaded] | None = None,
+) -> None:
     await proxy.bind()  # before the nursery: a port in use is one clean error
     if default_listener:
         log.info("no --listen or --listen-tls given: the plain listener is %s", DEFAULT_LISTEN)
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+        with trio.open_signal_receiver(*wanted) as signals:
             async for signum in signals:
                 if signum == signal.SIGUSR1:  # logrotate moved the transcript: reopen it
                     log.info("got SIGUSR1: reopening files")
                     proxy.reopen()
+                    continue
+                if signum == signal.SIGHUP:
+                    if reload is None:
+                        log.warning("got SIGHUP: nothing to reload (no --config)")
+                    else:
+                        log.info("got SIGHUP: reloading the configuration")
+                        try:
+                            await proxy.reload(reload)
+                        except Exception as exc:  # a bug: the proxy keeps serving
+                            log.error("reload failed half-way: %s: %s (restart the proxy, "
+                                      "and report it)", type(exc).__name__,
+                                      safe(exc, MAX_DETAIL))  # fmt: skip
                     continue
                 log.info("got %s: shutting down", signal.Signals(signum).name)
                 proxy.shutdown()
@@ -326,21 +355,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     given = cli_config.given_flags(args.subparser, args.sub_argv)
     if file.log_level and "log_level" not in given:
         logging.getLogger().setLevel(file.log_level)
-    config, default_listener = cli_config.proxy_config(args, given, file)
-    if config.timeouts.idle_authenticated < 1800:
-        log.warning(
-            "the idle timeout %.0f s is below the 30 minutes RFC 9051 §5.4 requires",
-            config.timeouts.idle_authenticated,
-        )
-    chain = filters_from_args(args, file)
     metrics = server = None
     at = cli_config.metrics_address(args, file)
     if at is not None:
         registry = CollectorRegistry()  # the proxy's own, never the global one
         metrics = ProxyMetrics(registry)
-        chain = metrics.observe(chain)
         server = MetricsServer(at, registry)
-    proxy = Proxy(config, filters=chain, events=metrics)
+    built, default_listener, _ = cli_reload.build(args, given, filter_tables, metrics, file)
+    config = built.config
+    if config.timeouts.idle_authenticated < 1800:
+        log.warning(
+            "the idle timeout %.0f s is below the 30 minutes RFC 9051 §5.4 requires",
+            config.timeouts.idle_authenticated,
+        )
+    proxy = Proxy(config, filters=built.chain, events=metrics, keys=built.keys)
+    reload = None
+    if args.config:  # (the same code path as above, with the same flags)
+        reload = cli_reload.reloader(args, given, filter_tables, metrics, file)
     if args.check_upstream:
         report = trio.run(check_upstream, config)
         print(report.text(), file=sys.stderr, flush=True)
@@ -350,7 +381,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server.start()  # a port in use: OSError, one line, exit 2
     tune_malloc()
     try:
-        trio.run(_run, proxy, default_listener)
+        with cli_reload.pid_file(args.pid_file):
+            trio.run(_run, proxy, default_listener, reload)
     finally:
         if server is not None:
             server.close()

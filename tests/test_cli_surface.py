@@ -18,7 +18,7 @@ from tests.support.fakeserver import ImapClient, Send, WaitEof, fake_server
 from tests.support.proxy import ProxyProcess
 from tests.test_cli import run_cli
 
-SUBCOMMANDS = {"run", "check", "certs", "tail"}
+SUBCOMMANDS = {"run", "check", "certs", "reload", "tail"}
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:

@@ -95,6 +95,12 @@ class Filtering:
         self._segment_ok = False
         self.dropping = False  # the rest of a dropped response (its literal) is skipped
 
+    def use(self, filters: SessionFilters) -> None:
+        """A reload's filters (at a command's head, nothing held: see
+        :mod:`.reload`)."""
+        self.filters = filters
+        self.gate.use(filters)
+
     # ------------------------------------------------------------------ session hooks
 
     def started(self) -> None:

@@ -158,6 +158,12 @@ class CommandGate:
     def holding(self) -> bool:
         return bool(self._parts)
 
+    def use(self, filters: SessionFilters) -> None:
+        """A reload's filters, from the next command on (the modes per name were the old
+        chain's)."""
+        self.filters = filters
+        self._modes.clear()
+
     # ------------------------------------------------------------------ commands
 
     def command_part(self, frame: Frame) -> Decision | None:

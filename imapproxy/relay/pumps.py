@@ -131,6 +131,9 @@ async def pump_client(s: Session) -> None:
                     continue
                 if ev.first:
                     s.events.command_started(s.id, ev.tag, ev.name)
+                    # a reload's chain takes over at a command's head, nothing held
+                    if s.source.generation != s.chain_generation and not gate.holding:
+                        s.renew_filters()
                 if ev.sensitive:
                     s.logins.note(ev)
                 decision = gate.command_part(ev)  # (sync: the common case costs no await)
@@ -184,7 +187,6 @@ async def pump_upstream(s: Session) -> None:
     timers = s.timers
     filtering = s.filtering
     assert filtering is not None
-    wants = filtering.filters.wants_response  # (per response: one call)
     assert s.upstream is not None
     out: list[bytes] = []  # bytes collected for one write to the client
     size = 0
@@ -253,7 +255,8 @@ async def pump_upstream(s: Session) -> None:
                         )
                 raw = ev.raw
                 if ev.first:
-                    if wants(ev.kind, ev.name, raw):
+                    # (read each time: a reload may swap the session's filters)
+                    if filtering.filters.wants_response(ev.kind, ev.name, raw):
                         try:
                             raw = filtering.response(ev, raw)
                         except SessionEnd:

@@ -6,17 +6,25 @@ nursery.  Sessions are independent: a session's failure is logged and ends that 
 Shutdown (``Proxy.shutdown()``, wired to SIGTERM/SIGINT by the CLI): the listeners close at
 once; sessions may finish on their own until ``timeouts.shutdown_drain`` has passed; then
 each remaining session gets ``* BYE [UNAVAILABLE] shutting down`` and is closed.
+
+Reload (``Proxy.reload``, wired to SIGHUP): everything that can fail (the new file, its
+chain, the certificates, the new listeners' sockets, new filters' ``start``) is done
+first, and a failure changes nothing; then the new chain is published (sessions take it at
+their next command, see :mod:`.reload`), new handshakes get the new certificates,
+listeners removed stop accepting (their sessions go on) and listeners added are served.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import itertools
 import logging
 import os
 import socket
 import ssl
+from collections.abc import Callable, Hashable, Iterable
 
 import trio
 
@@ -32,6 +40,7 @@ from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
 from .control import ControlServer
 from .events import NO_EVENTS, ProxyEvents
+from .reload import ChainSource, Reloaded, listener_key, merge_entries, restart_keys
 from .session import Session
 
 log = logging.getLogger("imapproxy.server")
@@ -79,41 +88,35 @@ class Proxy:
         *,
         filters: FilterChain | None = None,
         events: ProxyEvents | None = None,
+        keys: tuple[Hashable, ...] | None = None,
     ) -> None:
         """``filters``: the configured chain; the capability stage always runs first.
-        ``events``: told what the relay does that filters cannot see (metrics)."""
+        ``events``: told what the relay does that filters cannot see (metrics).
+        ``keys``: one per configured entry, what a reload compares (equal: kept)."""
         self.config = config
         self.events = events or NO_EVENTS
         self.configured = filters or FilterChain()
+        self._keys = keys if keys is not None else tuple(object() for _ in self.configured.entries)
         require_tls = config.require_tls_for_login
-        stage = ChainEntry(
+        self._stage = ChainEntry(
             CapabilityFilter.name,
             lambda info: CapabilityFilter(info, require_tls_for_login=require_tls),
         )
-        self.filters = FilterChain((stage, *self.configured.entries))
+        self._live: ChainEntry | None = None
         hub = None
         if config.control_socket:  # imapproxy tail: the live feed, last in the chain
             hub = LiveHub(capacity=config.control_limits.queue_records)
-            live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
-            self.filters = FilterChain((*self.filters.entries, live))
+            self._live = ChainEntry("live", LiveFactory(hub), OnError.OPEN)
+        self.filters = self._full_chain(self.configured)
+        # what sessions run with: a reload publishes a new chain here
+        self.source = ChainSource(self.filters)
         # filter name -> hooks that raised, process-wide (logged at shutdown; the metrics
         # read it when scraped)
         self.filter_errors: collections.Counter[str] = collections.Counter()
         names = tuple(entry.name for entry in self.filters.entries)
         self.events.configured(config, names, self.filter_errors)
-        self.server_ssl = (
-            server_context(config.cert_file, config.key_file, config.keylog_client)
-            if config.cert_file and config.key_file
-            else None
-        )
         # each listener's TLS (its own certificate, else the proxy's; None: plain only)
-        self.listener_ssl: dict[ListenerConfig, ssl.SSLContext | None] = {}
-        contexts = {(config.cert_file, config.key_file): self.server_ssl}
-        for lc in config.listeners:
-            pair = config.certificate(lc)
-            if pair is not None and pair not in contexts:
-                contexts[pair] = server_context(*pair, config.keylog_client)
-            self.listener_ssl[lc] = None if pair is None else contexts[pair]
+        self.server_ssl, self.listener_ssl = _contexts(config)
         up = config.upstream
         self.upstream_ssl = upstream_context(up) if up.tls is not UpstreamTls.NONE else None
         window = config.session_limits.busy_poll
@@ -128,6 +131,10 @@ class Proxy:
         self._session_ended = trio.Event()
         self.bound: list[tuple[ListenerConfig, tuple[str, int]]] = []
         self._listeners: list[tuple[ListenerConfig, trio.SocketListener]] | None = None
+        # by address (listener_key): what is served, each with the scope of its accept loops
+        self._serving: dict[Hashable, _Listening] = {}
+        self._acceptors: trio.Nursery | None = None
+        self._handlers: trio.Nursery | None = None
         self.control: ControlServer | None = None
         if config.control_socket and hub is not None:
             # (the socket is made last: a mistake above leaves no socket file behind)
@@ -136,25 +143,115 @@ class Proxy:
     def shutdown(self) -> None:
         self._shutdown.set()
 
+    def _full_chain(self, configured: FilterChain) -> FilterChain:
+        """The capability stage, the configured chain, the live feed (if any)."""
+        live = () if self._live is None else (self._live,)
+        return FilterChain((self._stage, *configured.entries, *live))
+
+    async def reload(self, build: Callable[[], Reloaded]) -> bool:
+        """Apply a new configuration (SIGHUP): ``build`` reads and checks it as start-up
+        does.  The filter chain (from each session's next command), the certificates (for
+        new handshakes) and the listeners change; sessions in flight go on.  Anything that
+        fails (a mistake in the file, a certificate that does not load, an address that
+        cannot be listened on) changes nothing: one ERROR line, and False."""
+        try:
+            new = build()
+            server_ssl, listener_ssl = _contexts(new.config)
+            merged, added, removed = merge_entries(
+                self.configured.entries, self._keys, new.chain.entries, new.keys
+            )
+            wanted = {listener_key(lc): lc for lc in new.config.listeners}
+            # what a reload changes of the configuration (the rest needs a restart)
+            applied = dataclasses.replace(
+                self.config, listeners=new.config.listeners, cert_file=new.config.cert_file,
+                key_file=new.config.key_file,
+            )  # fmt: skip
+            opened = await _open_listeners(
+                lc for key, lc in wanted.items() if key not in self._serving
+            )
+        except Exception as exc:  # ConfigError is a ValueError; ListenError an OSError
+            what = exc if isinstance(exc, (ValueError, OSError)) else (
+                f"{type(exc).__name__}: {exc}")  # fmt: skip
+            log.error("reload refused: %s; the running configuration stays", safe(what, 500))
+            self.events.config_reloaded(False)
+            return False
+        started: list[ChainEntry] = []
+        try:
+            for entry in added:
+                method = getattr(entry.factory, "start", None)
+                if method is not None:
+                    method()
+                started.append(entry)
+        except Exception as exc:  # e.g. a transcript file that cannot be made
+            for entry in started:
+                getattr(entry.factory, "close", lambda: None)()
+            for _, sock_listener in opened:
+                sock_listener.socket.close()
+            log.error("reload refused: %s; the running configuration stays", safe(exc, 500))
+            self.events.config_reloaded(False)
+            return False
+        for key in (*restart_keys(self.config, new.config), *new.restart):
+            log.warning("reload: %s changed: it takes effect only after a restart", key)
+        # from here on nothing can fail: commit
+        self.config = applied
+        self.server_ssl, self.listener_ssl = server_ssl, listener_ssl
+        self.configured = FilterChain(merged)
+        self._keys = new.keys
+        self.filters = self._full_chain(self.configured)
+        self.source.chain = self.filters
+        self.source.generation += 1
+        for entry in removed:  # at once: see the README's "Reload"
+            method = getattr(entry.factory, "close", None)
+            if method is not None:
+                await trio.to_thread.run_sync(method)
+        gone = [key for key in self._serving if key not in wanted]
+        for key in gone:
+            listening = self._serving.pop(key)
+            await listening.close()
+            self.bound = [(lc, addr) for lc, addr in self.bound if listener_key(lc) != key]
+            log.info("reload: no longer listening on %s", listening.lc.endpoint)
+        for key, lc in wanted.items():
+            if key in self._serving:
+                self._serving[key].lc = lc
+        self.bound = [(wanted[listener_key(lc)], addr) for lc, addr in self.bound]
+        fresh: dict[Hashable, _Listening] = {}
+        for lc, sock_listener in opened:
+            fresh.setdefault(listener_key(lc), _Listening(lc)).sockets.append(sock_listener)
+        self._serving.update(fresh)
+        self._log_listening(opened)
+        if self._acceptors is not None:
+            for listening in fresh.values():
+                self._start_accepting(listening)
+        names = tuple(entry.name for entry in self.filters.entries)
+        self.events.configured(self.config, names, self.filter_errors)
+        self.events.config_reloaded(True)
+        log.info(
+            "reload: configuration applied (generation %d): filters %s; %d added, %d "
+            "removed; listeners %d added, %d removed",
+            self.source.generation,
+            ", ".join(names) or "-",
+            len(added),
+            len(removed),
+            len(fresh),
+            len(gone),
+        )
+        return True
+
     async def bind(self) -> None:
         """Open every listener, or none: a listener that cannot be opened closes the ones
         already open and raises :class:`ListenError` (nothing is logged as listening
         before all are open).  ``serve`` calls it unless it was called first."""
         if self._listeners is not None:
             return
-        opened: list[tuple[ListenerConfig, trio.SocketListener]] = []
-        try:
-            for lc in self.config.listeners:
-                try:
-                    found = await trio.open_tcp_listeners(lc.endpoint.port, host=lc.endpoint.host)
-                except OSError as exc:
-                    raise ListenError(lc, exc) from None
-                opened += [(lc, sock_listener) for sock_listener in found]
-        except BaseException:
-            for _, sock_listener in opened:
-                sock_listener.socket.close()
-            raise
+        opened = await _open_listeners(self.config.listeners)
         self._listeners = opened
+        for lc, sock_listener in opened:
+            self._serving.setdefault(listener_key(lc), _Listening(lc)).sockets.append(
+                sock_listener
+            )
+        self._log_listening(opened)
+
+    def _log_listening(self, opened: list[tuple[ListenerConfig, trio.SocketListener]]) -> None:
         for lc, sock_listener in opened:
             addr = sock_listener.socket.getsockname()
             self.bound.append((lc, (addr[0], addr[1])))
@@ -174,7 +271,6 @@ class Proxy:
         """Run until shutdown; ``task_status.started`` gets the bound (host, port)s."""
         await self.bind()
         assert self._listeners is not None
-        listeners = self._listeners
         self._lifecycle("start")
         try:
             async with trio.open_nursery() as poller:
@@ -183,7 +279,7 @@ class Proxy:
                 poller.start_soon(self.trimmer.run)
                 if self.control is not None:
                     poller.start_soon(self.control.serve)
-                await self._serve(listeners, task_status)
+                await self._serve(task_status)
                 poller.cancel_scope.cancel()
         finally:
             self._lifecycle("close")
@@ -208,22 +304,22 @@ class Proxy:
             if method is not None:
                 method()
 
-    async def _serve(
-        self,
-        listeners: list[tuple[ListenerConfig, trio.SocketListener]],
-        task_status: trio.TaskStatus[list[tuple[str, int]]],
-    ) -> None:
+    async def _serve(self, task_status: trio.TaskStatus[list[tuple[str, int]]]) -> None:
         async with trio.open_nursery() as handlers:
+            self._handlers = handlers
             with trio.CancelScope() as accept_scope:
                 self._accept_scope = accept_scope
                 async with trio.open_nursery() as acceptors:
-                    for lc, sock_listener in listeners:
-                        acceptors.start_soon(self._accept_loop, lc, sock_listener, handlers)
+                    self._acceptors = acceptors
+                    for listening in self._serving.values():
+                        self._start_accepting(listening)
                     task_status.started([addr for _, addr in self.bound])
                     await self._shutdown.wait()
+                    self._acceptors = None
                     acceptors.cancel_scope.cancel()
-            for _, sock_listener in listeners:
-                await trio.aclose_forcefully(sock_listener)
+            for listening in list(self._serving.values()):
+                for sock_listener in listening.sockets:
+                    await trio.aclose_forcefully(sock_listener)
             log.info(
                 "shutting down: listeners closed, %d sessions draining for up to %.0fs",
                 len(self.sessions),
@@ -236,17 +332,28 @@ class Proxy:
             for session in list(self.sessions):
                 session.shutdown()
 
+    def _start_accepting(self, listening: _Listening) -> None:
+        assert self._acceptors is not None and self._handlers is not None
+        for sock_listener in listening.sockets:
+            self._acceptors.start_soon(
+                self._accept_loop, listening, sock_listener, self._handlers
+            )
+
     async def _accept_loop(
-        self, lc: ListenerConfig, listener: trio.SocketListener, handlers: trio.Nursery
+        self, listening: _Listening, listener: trio.SocketListener, handlers: trio.Nursery
     ) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # e.g. EMFILE: keep serving the others
-                log.error("accept failed on %s: %s", safe(lc.name), safe(exc, MAX_DETAIL))
-                await trio.sleep(0.1)
-                continue
-            handlers.start_soon(self._handle, lc, stream)
+        with trio.CancelScope() as scope:
+            listening.scopes.append(scope)
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # e.g. EMFILE: keep serving the others
+                    lc = listening.lc
+                    log.error("accept failed on %s: %s", safe(lc.name), safe(exc, MAX_DETAIL))
+                    await trio.sleep(0.1)
+                    continue
+                # (read now: a reload may have changed the listener at this address)
+                handlers.start_soon(self._handle, listening.lc, stream)
 
     async def _handle(self, lc: ListenerConfig, stream: trio.SocketStream) -> None:
         try:
@@ -275,12 +382,13 @@ class Proxy:
             peer=peer,
             listener=lc,
             config=self.config,
-            server_ssl=self.listener_ssl[lc],
+            server_ssl=self.listener_ssl.get(lc),
             upstream_ssl=self.upstream_ssl,
             filters=self.filters,
             filter_errors=self.filter_errors,
             busy_poll=self.busy_poll,
             events=self.events,
+            source=self.source,
         )
         self.sessions.add(session)
         self._per_address[address] += 1
@@ -299,7 +407,7 @@ class Proxy:
         bye = f"* BYE [UNAVAILABLE] {text}\r\n".encode()
         with trio.move_on_after(self.config.timeouts.farewell):
             try:
-                context = self.listener_ssl[lc]
+                context = self.listener_ssl.get(lc)
                 if lc.implicit_tls and context is not None:
                     out = trio.SSLStream(stream, context, server_side=True)
                     await out.do_handshake()
@@ -312,3 +420,59 @@ class Proxy:
 def _fmt(addr: tuple[object, ...]) -> str:
     host, port = str(addr[0]), addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Listening:
+    """One listening address: its sockets (IPv4 and IPv6 for a name), the listener it is
+    (a reload may change its TLS mode, certificate or name) and the scope of its accept
+    loops (a reload that removes it cancels them and closes the sockets)."""
+
+    def __init__(self, lc: ListenerConfig) -> None:
+        self.lc = lc
+        self.sockets: list[trio.SocketListener] = []
+        self.scopes: list[trio.CancelScope] = []
+
+    async def close(self) -> None:
+        """Stop accepting here (the sessions it accepted go on)."""
+        for scope in self.scopes:
+            scope.cancel()
+        for sock_listener in self.sockets:
+            await trio.aclose_forcefully(sock_listener)
+
+
+async def _open_listeners(
+    lcs: Iterable[ListenerConfig],
+) -> list[tuple[ListenerConfig, trio.SocketListener]]:
+    """Open every listener, or none (raises :class:`ListenError`)."""
+    opened: list[tuple[ListenerConfig, trio.SocketListener]] = []
+    try:
+        for lc in lcs:
+            try:
+                found = await trio.open_tcp_listeners(lc.endpoint.port, host=lc.endpoint.host)
+            except OSError as exc:
+                raise ListenError(lc, exc) from None
+            opened += [(lc, sock_listener) for sock_listener in found]
+    except BaseException:
+        for _, sock_listener in opened:
+            sock_listener.socket.close()
+        raise
+    return opened
+
+
+def _contexts(
+    config: ProxyConfig,
+) -> tuple[ssl.SSLContext | None, dict[ListenerConfig, ssl.SSLContext | None]]:
+    """The proxy's server TLS context and each listener's (certificates read now)."""
+    server_ssl = (
+        server_context(config.cert_file, config.key_file, config.keylog_client)
+        if config.cert_file and config.key_file
+        else None
+    )
+    listener_ssl: dict[ListenerConfig, ssl.SSLContext | None] = {}
+    contexts = {(config.cert_file, config.key_file): server_ssl}
+    for lc in config.listeners:
+        pair = config.certificate(lc)
+        if pair is not None and pair not in contexts:
+            contexts[pair] = server_context(*pair, config.keylog_client)
+        listener_ssl[lc] = None if pair is None else contexts[pair]
+    return server_ssl, listener_ssl

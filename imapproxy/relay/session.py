@@ -77,6 +77,7 @@ from .events import NO_EVENTS, ProxyEvents
 from .filtering import Filtering
 from .login import LoginTracker
 from .pumps import acquire, pump_client, pump_upstream
+from .reload import ChainSource, SessionChain, open_chain, swap_filters
 from .starttls import start_client_tls, tls_info
 from .timers import SessionTimers
 from .upstream import UpstreamSetup
@@ -113,7 +114,10 @@ class Session:
         filter_errors: collections.Counter[str] | None = None,
         busy_poll: BusyPoll | None = None,
         events: ProxyEvents = NO_EVENTS,
+        source: ChainSource | None = None,
     ) -> None:
+        """``source``: where a reload publishes a new chain (default: ``filters``, never
+        reloaded)."""
         self.id = session_id
         self.events = events
         self.client: trio.abc.Stream = stream
@@ -124,7 +128,9 @@ class Session:
         self.server_ssl = server_ssl
         self.upstream_ssl = upstream_ssl
         self.busy_poll = busy_poll
-        self.chain = filters
+        self.source = source if source is not None else ChainSource(filters)
+        self.chain_generation = self.source.generation  # the generation of our filters
+        self._chain: SessionChain | None = None
         self.filter_errors = filter_errors if filter_errors is not None else collections.Counter()
         self.filtering: Filtering | None = None  # once set up (see _open_filters)
         self.conv = Conversation(config.limits, nonsync_as_sync=True)
@@ -193,6 +199,7 @@ class Session:
             # session (TLS objects, buffers) until the next full garbage collection.
             self._end = None
             self.filtering = None
+            self._chain = None
 
     def shutdown(self, text: str = "shutting down") -> None:
         """Ask the session to say BYE and close (graceful shutdown, past the drain)."""
@@ -291,9 +298,12 @@ class Session:
         )
         view = SessionView(info, tls=tls_info(self), capabilities=self.conv.capabilities)
         view.phase = self.conv.phase
-        filters = self.chain.open(info, self._filter_error, self.events.filter_verdict)
+        source = self.source
+        self._chain = open_chain(source.chain, info, self._filter_error, source.generation,
+                                 self.events.filter_verdict)  # fmt: skip
+        self.chain_generation = source.generation
         self.filtering = Filtering(
-            filters,
+            self._chain.filters,
             view,
             self.conv,
             self.config.limits,
@@ -306,6 +316,22 @@ class Session:
         )
         self.filtering.started()
         return self.filtering
+
+    def renew_filters(self) -> None:
+        """A reload published a new chain: use it from this command on (unchanged filters
+        keep their instance; see :mod:`.reload`).  Raises SessionEnd when a new filter
+        that fails closed refuses the session."""
+        filtering, current = self.filtering, self._chain
+        assert filtering is not None and current is not None
+        self._chain, failed = swap_filters(
+            current, self.source, filtering.view.info, filtering.view, self._filter_error,
+            authenticated=self.user is not None, on_verdict=self.events.filter_verdict,
+        )  # fmt: skip
+        self.chain_generation = self._chain.generation
+        filtering.use(self._chain.filters)
+        if failed:
+            raise SessionEnd("filter_error", "a filter of the reloaded chain failed",
+                             b"* BYE [UNAVAILABLE] filter failed\r\n")  # fmt: skip
 
     async def _await_segment(self, done: trio.Event) -> None:
         """Wait for the server's answer to a segment of a command the relay sends in
