@@ -280,8 +280,8 @@ def test_client_address_reaches_transcript_and_dovecot_via_proxy_protocol_out(
 
 
 def test_implicit_tls_after_the_header_loses_no_byte(setup: Setup) -> None:
-    """HAProxy sends the header and the client's ClientHello back to back: the proxy reads
-    exactly the header and the TLS handshake gets the rest."""
+    """Implicit TLS starts after the header (the TLS handshake reads what follows it; the
+    header and a ClientHello in one packet: tests/test_proxied.py)."""
     user, password = "bob", setup.dovecot.users["bob"]
     conn = client(setup.front["a_tls"], CLIENT, tls=client_ssl_context(setup.certs.ca_path))
     local_port = conn.sock.getsockname()[1]
