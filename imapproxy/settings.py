@@ -236,6 +236,12 @@ def session_limits_with(base: SessionLimits, values: Mapping[str, Any]) -> Sessi
 def _listener(table: Any, path: str) -> ListenerConfig:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table ([[listeners]])")
+    trusted = table.get("proxy_trusted", [])
+    if not isinstance(trusted, list):
+        raise ConfigError(
+            f"{path}.proxy_trusted",
+            f'expected an array of networks such as ["10.0.0.0/8"]; got {trusted!r}',
+        )
     _keys(table, path, {"address": str, "tls": str, "cert": str, "key": str, "name": str,
                         "proxy_protocol": str, "proxy_trusted": list})  # fmt: skip
     if "address" not in table:
