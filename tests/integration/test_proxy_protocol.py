@@ -372,3 +372,23 @@ def test_missing_header_from_a_trusted_address_is_refused(setup: Setup) -> None:
         lambda: "no PROXY v2 header (the connection starts with" in setup.a.log(),
         setup.a.log,
     )
+
+
+def test_check_connects_to_a_proxy_protocol_upstream_with_a_local_header(setup: Setup) -> None:
+    """`imapproxy check --connect` talks to Dovecot's haproxy listener (a LOCAL header);
+    without the header that listener refuses it."""
+    import trio
+
+    from imapproxy.config import Endpoint, ListenerConfig, ProxyConfig, UpstreamConfig
+    from imapproxy.upstream_check import check_upstream
+
+    def config(proxy_protocol: str) -> ProxyConfig:
+        up = UpstreamConfig(
+            Endpoint(HOST, setup.dovecot.haproxy_port), proxy_protocol=proxy_protocol
+        )
+        return ProxyConfig((ListenerConfig(Endpoint(HOST, 1), implicit_tls=False),), up)
+
+    with_header = trio.run(check_upstream, config("v2"))
+    assert with_header.ok, with_header.lines
+    without = trio.run(check_upstream, config("off"))
+    assert not without.ok
