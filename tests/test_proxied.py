@@ -127,3 +127,39 @@ def test_id_command() -> None:
     assert id_command(b"X1", ClientAddresses(("192.0.2.7", 5), None)) == (
         b'X1 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "5")\r\n'
     )
+
+
+async def test_connections_waiting_for_their_header_count_against_max_sessions() -> None:
+    """A flood of connections that never send a header stays bounded: they hold places
+    under max_sessions while they wait; the next connection is refused at once."""
+    from imapproxy.config import (
+        Endpoint,
+        ListenerConfig,
+        ProxyConfig,
+        SessionLimits,
+        UpstreamConfig,
+    )
+    from tests.support.proxy import free_port, running_proxy
+
+    listener = ListenerConfig(
+        Endpoint("127.0.0.1", 0),
+        implicit_tls=False,
+        proxy_protocol="v2",
+        proxy_trusted=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
+    config = ProxyConfig(
+        (listener,),
+        UpstreamConfig(Endpoint("127.0.0.1", free_port())),
+        session_limits=SessionLimits(max_sessions=2),
+    )
+    async with running_proxy(config) as (proxy, addrs):
+        host, port = addrs[0]
+        silent = [await trio.open_tcp_stream(host, port) for _ in range(2)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert proxy._awaiting_header == 2  # both accepted and waiting for their header
+        third = await trio.open_tcp_stream(host, port)
+        with trio.fail_after(10):
+            answer = await third.receive_some(1000)
+        assert answer == b"* BYE [UNAVAILABLE] too many sessions\r\n"
+        for stream in (*silent, third):
+            await stream.aclose()

@@ -144,5 +144,5 @@ async def accept_header(
     header = await read_header(stream.socket, version, max_v2_bytes, within)
     if header.source is None:
         local = stream.socket.getsockname()
-        return ClientAddresses(peer, (local[0], local[1]))
+        return ClientAddresses((peer[0], peer[1]), (local[0], local[1]))
     return ClientAddresses(header.source, header.destination)
