@@ -155,8 +155,9 @@ async def test_connections_waiting_for_their_header_count_against_max_sessions()
     async with running_proxy(config) as (proxy, addrs):
         host, port = addrs[0]
         silent = [await trio.open_tcp_stream(host, port) for _ in range(2)]
-        await trio.testing.wait_all_tasks_blocked()
-        assert proxy._awaiting_header == 2  # both accepted and waiting for their header
+        with trio.fail_after(10):  # both accepted and waiting for their header
+            while proxy._awaiting_header < 2:
+                await trio.testing.wait_all_tasks_blocked(0.01)
         third = await trio.open_tcp_stream(host, port)
         with trio.fail_after(10):
             answer = await third.receive_some(1000)
