@@ -151,7 +151,12 @@ class UpstreamSetup:
             ) from None
         self.stream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
         if up.proxy_protocol == "v2":  # before anything else, TLS included
-            await self._send_upstream_now(upstream_preamble(self.client))
+            try:
+                await self._send_upstream_now(upstream_preamble(self.client))
+            except trio.BrokenResourceError as exc:
+                raise unavailable(
+                    "upstream_unavailable", f"upstream connection failed: {exc}"
+                ) from None
 
     async def _forward_id(self, client: ClientAddresses) -> None:
         """The proxy's own ID, naming the client (its answer is not relayed).  A server
