@@ -4,7 +4,8 @@ behind (issue 13).
 Clients connect to HAProxy (127.0.0.1) from 127.0.0.2 and 127.0.0.3; HAProxy sends PROXY v2
 to the proxy, which trusts only 127.0.0.1.  Proxy A sends PROXY v2 on to Dovecot's
 ``haproxy = yes`` listener; proxy B sends ``ID (x-originating-ip ...)`` to Dovecot's plain
-listener (``login_trusted_networks``).  Dovecot's own log must name the real client.
+listener (``login_trusted_networks``); proxy B also has a v1 listener behind HAProxy's
+``send-proxy``.  Dovecot's own log must name the real client.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class HaProxy:
     """``haproxy -f CFG -db`` in the foreground, one TCP frontend per (port, backend port),
     each sending PROXY v2; stopped by PID."""
 
-    def __init__(self, workdir: Path, routes: dict[int, int]) -> None:
+    def __init__(self, workdir: Path, routes: dict[int, tuple[int, str]]) -> None:
+        """``routes``: frontend port -> (backend port, send-proxy | send-proxy-v2)."""
         binary = shutil.which("haproxy") or (
             "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
         )
@@ -87,10 +89,10 @@ class HaProxy:
             "defaults", "  mode tcp", "  timeout connect 5s", "  timeout client 60s",
             "  timeout server 60s",
         ]  # fmt: skip
-        for i, (front, back) in enumerate(routes.items()):
+        for i, (front, (back, send)) in enumerate(routes.items()):
             lines += [
                 f"frontend f{i}", f"  bind {HOST}:{front}", f"  default_backend b{i}",
-                f"backend b{i}", f"  server s{i} {HOST}:{back} send-proxy-v2",
+                f"backend b{i}", f"  server s{i} {HOST}:{back} {send}",
             ]  # fmt: skip
         self.config = workdir / "haproxy.cfg"
         self.config.write_text("\n".join(lines) + "\n")
@@ -132,7 +134,7 @@ class Setup:
         self.dovecot = dovecot
         self.certs = certs
         self.workdir = workdir
-        self.ports = {name: free_port() for name in ("a_plain", "a_tls", "b_plain")}
+        self.ports = {name: free_port() for name in ("a_plain", "a_tls", "b_plain", "b_v1")}
         self.front = {name: free_port() for name in self.ports}
         self.transcript_a = workdir / "a.jsonl"
         self.proxies: list[ProxyProcess] = []
@@ -193,11 +195,18 @@ format = "jsonl"
 address = "{HOST}:{self.ports["b_plain"]}"
 tls = "none"
 {trusted}
+
+[[listeners]]
+address = "{HOST}:{self.ports["b_v1"]}"
+tls = "none"
+proxy_protocol = "v1"
+proxy_trusted = ["{HOST}/32"]
 """,
             f'address = "{HOST}:{self.dovecot.port}"\nid_forwarding = true',
             "",
         )
-        for name, path, ports in (("a", a, ("a_plain", "a_tls")), ("b", b, ("b_plain",))):
+        routes = (("a", a, ("a_plain", "a_tls")), ("b", b, ("b_plain", "b_v1")))
+        for name, path, ports in routes:
             workdir = self.workdir / name
             workdir.mkdir()
             proc = ProxyProcess(
@@ -206,7 +215,11 @@ tls = "none"
             )  # fmt: skip
             self.proxies.append(proc.__enter__())
         self.haproxy = HaProxy(
-            self.workdir, {self.front[name]: port for name, port in self.ports.items()}
+            self.workdir,
+            {
+                self.front[name]: (port, "send-proxy" if name == "b_v1" else "send-proxy-v2")
+                for name, port in self.ports.items()
+            },
         )
 
     def stop(self) -> None:
@@ -247,11 +260,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             s.stop()
 
 
-def login_line(setup: Setup, user: str, rip: str) -> bool:
-    return any(
+def login_lines(setup: Setup, user: str, rip: str) -> int:
+    return sum(
         "Login: user=<" + user + ">" in line and f"rip={rip}," in line
         for line in setup.dovecot_log().splitlines()
     )
+
+
+def login_line(setup: Setup, user: str, rip: str) -> bool:
+    return login_lines(setup, user, rip) > 0
 
 
 def test_client_address_reaches_transcript_and_dovecot_via_proxy_protocol_out(
@@ -392,3 +409,20 @@ def test_check_connects_to_a_proxy_protocol_upstream_with_a_local_header(setup: 
     assert with_header.ok, with_header.lines
     without = trio.run(check_upstream, config("off"))
     assert not without.ok
+
+
+def test_proxy_protocol_v1_in_then_id_forwarding_out(setup: Setup) -> None:
+    """HAProxy's send-proxy (v1) to proxy B's v1 listener: its log's peer= and Dovecot's
+    rip= (by ID) name the client."""
+    before = login_lines(setup, "alice", CLIENT)
+    conn = client(setup.front["b_v1"], CLIENT)
+    local_port = conn.sock.getsockname()[1]
+    conn.login("alice", setup.dovecot.users["alice"])
+    conn.logout()
+    wait_for(
+        "another Dovecot login line for alice with rip=127.0.0.2",
+        lambda: login_lines(setup, "alice", CLIENT) > before,
+        setup.dovecot_log,
+    )
+    wait_for("the session's peer", lambda: f"peer={CLIENT}:{local_port}" in setup.b.log(),
+             setup.b.log)  # fmt: skip
