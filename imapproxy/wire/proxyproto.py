@@ -234,5 +234,7 @@ def _as_v6(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.
 
 
 def _show(raw: bytes) -> str:
-    """A few bytes of what arrived, escaped (for the error text)."""
-    return repr(raw[:16])
+    """The first few bytes of what arrived, escaped (for the error text): enough to tell
+    TLS, HTTP or an IMAP command from a header; too few to hold a command's arguments
+    (a password)."""
+    return repr(raw[:8])
