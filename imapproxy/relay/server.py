@@ -269,6 +269,8 @@ class Proxy:
             addresses = await self._proxy_header(lc, stream, sid, peer_addr)
             if addresses is None:
                 return
+            log.debug("session %s: peer=%s via PROXY protocol from %s", sid, safe(
+                _fmt(addresses.client), spaces=False), _fmt(peer_addr))  # fmt: skip
             address, peer = addresses.client[0], _fmt(addresses.client)
         elif self.config.upstream.proxy_protocol != "off" or self.config.upstream.id_forwarding:
             addresses = ClientAddresses(peer_addr[:2], stream.socket.getsockname()[:2])
