@@ -90,6 +90,9 @@ def effective_toml(
         }
         if lc.cert_file and lc.key_file:
             table.update(cert=lc.cert_file, key=lc.key_file)
+        table["proxy_protocol"] = lc.proxy_protocol
+        if lc.proxy_trusted:
+            table["proxy_trusted"] = [str(net) for net in lc.proxy_trusted]
         lines += ["", "[[listeners]]", *_pairs(table)]
     up = config.upstream
     upstream: dict[str, Any] = {"address": str(up.endpoint), "tls": up.tls.value}
@@ -98,6 +101,8 @@ def effective_toml(
     if up.server_hostname:
         upstream["name"] = up.server_hostname
     upstream["insecure"] = up.insecure
+    upstream["proxy_protocol"] = up.proxy_protocol
+    upstream["id_forwarding"] = up.id_forwarding
     lines += ["", "[upstream]", *_pairs(upstream)]
     limits = {
         "max_sessions": config.session_limits.max_sessions,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 
 from .wire.limits import DEFAULT_LIMITS, Limits
@@ -64,6 +65,11 @@ class ListenerConfig:
     key_file: str | None = None
     # What logs, the policy's `listener` rule and metrics call it (default: its name below).
     label: str | None = None
+    # PROXY protocol in ("v1", "v2" or "off"): every connection starts with a header
+    # naming the real client, sent by a load balancer in one of proxy_trusted (connections
+    # from elsewhere are refused); see imapproxy.relay.proxied.
+    proxy_protocol: str = "off"
+    proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def name(self) -> str:
@@ -80,6 +86,11 @@ class UpstreamConfig:
     insecure: bool = False  # skip certificate and hostname verification (logged loudly)
     server_hostname: str | None = None  # SNI / verification name; default: the host
     keylog_file: str | None = None  # TLS secrets of upstream connections (SSLKEYLOGFILE)
+    # "v2": each upstream connection starts with a PROXY v2 header naming the client
+    # (Dovecot: haproxy_trusted_networks); "off": none.
+    proxy_protocol: str = "off"
+    # Send ID ("x-originating-ip" ...) after the greeting (Dovecot: login_trusted_networks).
+    id_forwarding: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,9 @@ class Timeouts:
     # silent one is almost always not IMAP, or a TLS port (993) spoken to in plain, which
     # should be reported soon.  5 s still covers a loaded server.
     upstream_greeting: float = 5.0
+    # A load balancer writes its PROXY protocol header with the connection's first packet;
+    # 5 s covers a loaded one.  A connection without it must not hold a place for long.
+    proxy_header: float = 5.0
     # Before login a silent client is probably a scanner.
     idle_unauthenticated: float = 120.0
     # From connect to authenticated (the server accepted LOGIN/AUTHENTICATE, or greeted
@@ -133,6 +147,11 @@ class SessionLimits:
     # times (literals before login are at most 64 KiB; a paused decoder refuses more than
     # max_held_bytes), so a stalled or hostile session keeps at most this much of a read.
     guarded_read_size: int = 64 * 1024
+    # Bytes of a PROXY v2 header (16 fixed, then addresses and TLVs).  HAProxy's TLVs (ALPN,
+    # SNI, unique id, SSL details with the client certificate's CN) and cloud balancers'
+    # (AWS's endpoint id) come to a few hundred bytes; the format allows 64 KiB, which
+    # nobody needs before the proxy even knows who is connecting.
+    proxy_header_bytes: int = 4096
     # Seconds the event loop polls instead of sleeping after a send (imapproxy.net.busypoll);
     # 0 turns it off.
     busy_poll: float = 0.0003

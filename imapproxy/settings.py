@@ -20,11 +20,15 @@ for everything; flags given on the command line win over it.  The shape is a con
     tls = "starttls"                     # "implicit" (993 style), "starttls", or "none"
     # cert, key: this listener's own certificate (default: [tls])
     # name: how logs, the policy's `listener` rule and metrics call it
+    # proxy_protocol = "v2"              # "v1", "v2" or "off": a PROXY header comes first,
+    # proxy_trusted = ["10.0.0.0/8"]     #   sent from these networks only
 
     [upstream]
     address = "imap.example.net:993"
     tls = "implicit"                     # "implicit", "starttls" or "none"
     # ca = "/etc/ssl/certs/ca-certificates.crt"; name = "imap.example.net"; insecure = false
+    # proxy_protocol = "v2"              # send a PROXY v2 header naming the client ("off")
+    # id_forwarding = true               # send ID ("x-originating-ip" ...) before login
 
     [limits]                             # sessions, and every wire limit (imapproxy.wire.Limits)
     max_sessions = 10000
@@ -49,6 +53,7 @@ opened here): whether certificate files exist is the business of ``imapproxy che
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +66,8 @@ from .wire.limits import Limits
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LISTENER_TLS = ("implicit", "starttls", "none")
+PROXY_IN = ("v1", "v2", "off")  # a listener's proxy_protocol
+PROXY_OUT = ("v2", "off")  # upstream.proxy_protocol
 
 # [timeouts] keys -> Timeouts fields (the file's names are short; the flags' are longer).
 TIMEOUT_KEYS: dict[str, str] = {
@@ -74,6 +81,7 @@ TIMEOUT_KEYS: dict[str, str] = {
     "upstream_greeting": "upstream_greeting",
     "filter_hook": "filter_hook",
     "farewell": "farewell",
+    "proxy_header": "proxy_header",
 }
 # [limits] keys that are session limits (the rest are imapproxy.wire.Limits fields).
 SESSION_LIMIT_KEYS = ("max_sessions", "max_sessions_per_address", "read_size",
@@ -228,9 +236,17 @@ def session_limits_with(base: SessionLimits, values: Mapping[str, Any]) -> Sessi
 def _listener(table: Any, path: str) -> ListenerConfig:
     if not isinstance(table, dict):
         raise ConfigError(path, "expected a table ([[listeners]])")
-    _keys(table, path, {"address": str, "tls": str, "cert": str, "key": str, "name": str})
+    trusted = table.get("proxy_trusted", [])
+    if not isinstance(trusted, list):
+        raise ConfigError(
+            f"{path}.proxy_trusted",
+            f'expected an array of networks such as ["10.0.0.0/8"]; got {trusted!r}',
+        )
+    _keys(table, path, {"address": str, "tls": str, "cert": str, "key": str, "name": str,
+                        "proxy_protocol": str, "proxy_trusted": list})  # fmt: skip
     if "address" not in table:
         raise ConfigError(f"{path}.address", 'missing (e.g. address = "127.0.0.1:1143")')
+    proxy_protocol, proxy_trusted = _proxy_in(table, path)
     endpoint = _endpoint(table["address"], f"{path}.address")
     mode = _choice(table.get("tls", "starttls"), f"{path}.tls", LISTENER_TLS)
     if ("cert" in table) != ("key" in table):
@@ -245,7 +261,37 @@ def _listener(table: Any, path: str) -> ListenerConfig:
         cert_file=table.get("cert"),
         key_file=table.get("key"),
         label=name,
+        proxy_protocol=proxy_protocol,
+        proxy_trusted=proxy_trusted,
     )
+
+
+def _proxy_in(
+    table: Mapping[str, Any], path: str
+) -> tuple[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    mode = _choice(table.get("proxy_protocol", "off"), f"{path}.proxy_protocol", PROXY_IN)
+    nets = []
+    for i, text in enumerate(table.get("proxy_trusted", [])):
+        where = f"{path}.proxy_trusted[{i}]"
+        if not isinstance(text, str):
+            raise ConfigError(where, f'expected a network such as "10.0.0.0/8"; got {text!r}')
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(
+                where, f'expected a network such as "10.0.0.0/8" or "::1/128"; got {text!r}'
+            ) from None
+    if mode != "off" and not nets:
+        raise ConfigError(
+            f"{path}.proxy_trusted",
+            f'proxy_protocol = "{mode}" needs the networks allowed to send the header '
+            '(those of your load balancers, e.g. proxy_trusted = ["10.0.0.0/8"])',
+        )
+    if mode == "off" and nets:
+        raise ConfigError(
+            f"{path}.proxy_trusted", 'only meaningful with proxy_protocol = "v1" or "v2"'
+        )
+    return mode, tuple(nets)
 
 
 def _check_listener_certs(
@@ -262,7 +308,8 @@ def _check_listener_certs(
 
 def _upstream(table: Any) -> UpstreamConfig:
     path = "upstream"
-    _keys(table, path, {"address": str, "tls": str, "ca": str, "name": str, "insecure": bool})
+    _keys(table, path, {"address": str, "tls": str, "ca": str, "name": str, "insecure": bool,
+                        "proxy_protocol": str, "id_forwarding": bool})  # fmt: skip
     if "address" not in table:
         raise ConfigError(f"{path}.address", 'missing (e.g. address = "imap.example.net:993")')
     tls = _choice(table.get("tls", "none"), f"{path}.tls", [m.value for m in UpstreamTls])
@@ -272,6 +319,10 @@ def _upstream(table: Any) -> UpstreamConfig:
         ca_file=table.get("ca"),
         insecure=table.get("insecure", False),
         server_hostname=table.get("name"),
+        proxy_protocol=_choice(
+            table.get("proxy_protocol", "off"), f"{path}.proxy_protocol", PROXY_OUT
+        ),
+        id_forwarding=table.get("id_forwarding", False),
     )
 
 

@@ -174,3 +174,19 @@ def test_every_example_passes_check(example: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for line in result.stderr.splitlines():
         assert "warning:" in line and "not found yet" in line, line
+
+
+def test_check_prints_the_proxy_protocol_keys(tmp_path: Path) -> None:
+    text = FILE.replace(
+        'tls = "none"\n', 'tls = "none"\nproxy_protocol = "v2"\nproxy_trusted = ["10.0.0.0/8"]\n'
+    ).replace('name = "mail.example.net"\n', 'name = "mail.example.net"\nid_forwarding = true\n')
+    path = tmp_path / "proxy.toml"
+    path.write_text(text)
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'proxy_protocol = "v2"\nproxy_trusted = ["10.0.0.0/8"]' in out
+    assert 'proxy_protocol = "off"\nid_forwarding = true' in out  # [upstream]
+    again = tmp_path / "again.toml"
+    again.write_text(out)
+    assert run_cli("check", "--config", str(again)).stdout == out

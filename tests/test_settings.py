@@ -110,7 +110,8 @@ def test_an_empty_file_says_nothing() -> None:
          "listeners[0].tls: expected one of implicit, starttls, none; got 'tsl'"),
         ('[[listeners]]\ntls = "none"', "listeners[0].address: missing"),
         ('[[listeners]]\naddress = "127.0.0.1:1143"\nport = 1',
-         "listeners[0].port: unknown key (known: address, cert, key, name, tls)"),
+         "listeners[0].port: unknown key (known: address, cert, key, name, proxy_protocol, "
+         "proxy_trusted, tls)"),
         ('[[listeners]]\naddress = "127.0.0.1:99999"', "listeners[0].address: port out of range"),
         ('[[listeners]]\naddress = "::1:143"',
          "listeners[0].address: bad address '::1:143': write IPv6 addresses as [ADDR]:PORT"),
@@ -155,3 +156,57 @@ def test_reading_the_file(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(FULL)
     assert settings.load(good).path == str(good)
+
+
+PP = '[[listeners]]\naddress = "127.0.0.1:1143"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (PP + 'proxy_protocol = "v3"',
+         "listeners[0].proxy_protocol: expected one of v1, v2, off; got 'v3'"),
+        (PP + 'proxy_protocol = "v2"',
+         'listeners[0].proxy_trusted: proxy_protocol = "v2" needs the networks allowed to '
+         "send the header"),
+        (PP + 'proxy_protocol = "v1"\nproxy_trusted = []',
+         'listeners[0].proxy_trusted: proxy_protocol = "v1" needs the networks'),
+        (PP + 'proxy_protocol = "v2"\nproxy_trusted = ["10.0.0.0/8", "10.0.0.300/32"]',
+         "listeners[0].proxy_trusted[1]: expected a network such as \"10.0.0.0/8\""),
+        (PP + 'proxy_protocol = "v2"\nproxy_trusted = [10]',
+         "listeners[0].proxy_trusted[0]: expected a network such as \"10.0.0.0/8\"; got 10"),
+        (PP + 'proxy_protocol = "v2"\nproxy_trusted = "10.0.0.0/8"',
+         "listeners[0].proxy_trusted: expected an array of networks such as [\"10.0.0.0/8\"]; "
+         "got '10.0.0.0/8'"),
+        (PP + 'proxy_trusted = ["10.0.0.0/8"]',
+         'listeners[0].proxy_trusted: only meaningful with proxy_protocol = "v1" or "v2"'),
+        ('[upstream]\naddress = "x:1"\nproxy_protocol = "v1"',
+         "upstream.proxy_protocol: expected one of v2, off; got 'v1'"),
+        ('[upstream]\naddress = "x:1"\nid_forwarding = "yes"',
+         "upstream.id_forwarding: expected true or false; got 'yes'"),
+    ],
+)  # fmt: skip
+def test_proxy_protocol_mistakes_name_their_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(text)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_proxy_protocol_keys_are_read() -> None:
+    import ipaddress
+
+    got = load(
+        PP + 'proxy_protocol = "v1"\nproxy_trusted = ["10.1.2.3/8", "fd00::/8"]\n'
+        '[upstream]\naddress = "x:1"\nproxy_protocol = "v2"\nid_forwarding = true'
+    )
+    lc = got.listeners[0]
+    assert lc.proxy_protocol == "v1"
+    assert lc.proxy_trusted == (
+        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")
+    )
+    assert got.upstream is not None
+    assert got.upstream.proxy_protocol == "v2" and got.upstream.id_forwarding
+    default = load(PP + '[upstream]\naddress = "x:1"')
+    assert default.listeners[0].proxy_protocol == "off"
+    assert default.upstream is not None and default.upstream.proxy_protocol == "off"
+    assert not default.upstream.id_forwarding

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..config import ListenerConfig, ProxyConfig
 
 # Why a connection is refused before it becomes a session (Proxy._handle).
-REJECT_REASONS = ("max_sessions", "max_sessions_per_address")
+REJECT_REASONS = ("max_sessions", "max_sessions_per_address", "proxy_protocol")
 
 
 class ByteCounts(Protocol):

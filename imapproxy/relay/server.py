@@ -40,6 +40,7 @@ from ..net.tls import server_context, upstream_context
 from ..net.transport import SocketStream
 from .control import ControlServer
 from .events import NO_EVENTS, ProxyEvents
+from .proxied import ClientAddresses, HeaderRefused, Untrusted, accept_header
 from .reload import ChainSource, Reloaded, listener_key, merge_entries, restart_keys
 from .session import Session
 
@@ -124,6 +125,7 @@ class Proxy:
         self.trimmer = HeapTrimmer()  # gives memory back once sessions have ended
         self.sessions: set[Session] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
+        self._awaiting_header = 0  # connections reading their PROXY protocol header
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
         self._accept_scope: trio.CancelScope | None = None
@@ -366,11 +368,21 @@ class Proxy:
         self.events.connection_accepted(lc.name)
         limits = self.config.session_limits
         refusal = None
-        if len(self.sessions) >= limits.max_sessions:
-            refusal, reason = "too many sessions", "max_sessions"
-        elif self._per_address[address] >= limits.max_sessions_per_address:
-            refusal, reason = "too many sessions from your address", "max_sessions_per_address"
         sid = f"{self._prefix}-{next(self._ids)}"
+        addresses = None
+        if len(self.sessions) + self._awaiting_header >= limits.max_sessions:
+            refusal, reason = "too many sessions", "max_sessions"
+        elif lc.proxy_protocol != "off":  # the client is who the header says
+            addresses = await self._proxy_header(lc, stream, sid, peer_addr)
+            if addresses is None:
+                return
+            log.debug("session %s: peer=%s via PROXY protocol from %s", sid, safe(
+                _fmt(addresses.client), spaces=False), _fmt(peer_addr))  # fmt: skip
+            address, peer = addresses.client[0], _fmt(addresses.client)
+        elif self.config.upstream.proxy_protocol != "off" or self.config.upstream.id_forwarding:
+            addresses = ClientAddresses(peer_addr[:2], stream.socket.getsockname()[:2])
+        if refusal is None and self._per_address[address] >= limits.max_sessions_per_address:
+            refusal, reason = "too many sessions from your address", "max_sessions_per_address"
         if refusal is not None:
             log.warning("session %s refused peer=%s: %s", sid, safe(peer, spaces=False), refusal)
             self.events.connection_rejected(lc.name, reason)
@@ -389,6 +401,7 @@ class Proxy:
             busy_poll=self.busy_poll,
             events=self.events,
             source=self.source,
+            addresses=addresses,
         )
         self.sessions.add(session)
         self._per_address[address] += 1
@@ -401,6 +414,35 @@ class Proxy:
             self._per_address[address] -= 1
             if not self._per_address[address]:
                 del self._per_address[address]
+
+    async def _proxy_header(
+        self, lc: ListenerConfig, stream: trio.SocketStream, sid: str, peer: tuple[str, int]
+    ) -> ClientAddresses | None:
+        """The PROXY protocol header's addresses, or None (logged, closed).  Connections
+        waiting for theirs count against max_sessions (a flood of them stays bounded)."""
+        self._awaiting_header += 1
+        try:
+            return await accept_header(
+                stream,
+                1 if lc.proxy_protocol == "v1" else 2,
+                lc.proxy_trusted,
+                peer,
+                max_v2_bytes=self.config.session_limits.proxy_header_bytes,
+                within=self.config.timeouts.proxy_header,
+            )
+        except Untrusted as exc:
+            log.warning("%s", exc)
+        except HeaderRefused as exc:
+            log.warning(
+                "session %s refused peer=%s listener=%s: %s",
+                sid, safe(_fmt(peer), spaces=False), safe(lc.name, spaces=False),
+                safe(str(exc), MAX_DETAIL),
+            )  # fmt: skip
+        finally:
+            self._awaiting_header -= 1
+        self.events.connection_rejected(lc.name, "proxy_protocol")
+        await trio.aclose_forcefully(stream)
+        return None
 
     async def _refuse(self, lc: ListenerConfig, stream: trio.SocketStream, text: str) -> None:
         out: trio.abc.Stream = stream

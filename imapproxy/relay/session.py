@@ -76,6 +76,7 @@ from .ends import END_REASONS, SessionEnd, named_bye, unavailable
 from .events import NO_EVENTS, ProxyEvents
 from .filtering import Filtering
 from .login import LoginTracker
+from .proxied import ClientAddresses
 from .pumps import acquire, pump_client, pump_upstream
 from .reload import ChainSource, SessionChain, open_chain, swap_filters
 from .starttls import start_client_tls, tls_info
@@ -115,10 +116,14 @@ class Session:
         busy_poll: BusyPoll | None = None,
         events: ProxyEvents = NO_EVENTS,
         source: ChainSource | None = None,
+        addresses: ClientAddresses | None = None,
     ) -> None:
         """``source``: where a reload publishes a new chain (default: ``filters``, never
-        reloaded)."""
+        reloaded).  ``peer``: the client's address as logs and filters show it (from a
+        PROXY header, if the listener takes one); ``addresses``: the same, and the address
+        it connected to, for the upstream (``upstream.proxy_protocol``, ``id_forwarding``)."""
         self.id = session_id
+        self.addresses = addresses
         self.events = events
         self.client: trio.abc.Stream = stream
         self.upstream: trio.abc.Stream | None = None
@@ -263,7 +268,7 @@ class Session:
         """The upstream, up to its greeting (see :mod:`.upstream`)."""
         setup = UpstreamSetup(
             self.config, self.conv, self.stats, self.upstream_ssl, self.busy_poll, self.id,
-            self.events,
+            self.events, self.addresses,
         )
         try:
             return await setup.open()

@@ -26,6 +26,7 @@ from ..net.transport import SocketStream, TlsStream
 from ..wire import NEED_DATA, Conversation, EndOfStream, Frame, FrameKind, ProtocolError
 from .ends import SessionEnd, unavailable
 from .events import NO_EVENTS, ProxyEvents
+from .proxied import ClientAddresses, id_command, upstream_preamble
 
 log = logging.getLogger("imapproxy.session")
 
@@ -50,8 +51,12 @@ class UpstreamSetup:
         busy_poll: BusyPoll | None,
         session_id: str,
         events: ProxyEvents = NO_EVENTS,
+        client: ClientAddresses | None = None,
     ) -> None:
+        """``client``: whom the session serves, for ``upstream.proxy_protocol`` and
+        ``upstream.id_forwarding`` (None: the proxy's own connection, ``imapproxy check``)."""
         self.config = config
+        self.client = client
         self.events = events
         self.conv = conv
         self.stats = stats
@@ -117,6 +122,12 @@ class UpstreamSetup:
                 raise unavailable(
                     "upstream_unavailable", "upstream did not answer in time (STARTTLS)"
                 ) from None
+        if up.id_forwarding and self.client is not None:
+            try:
+                with trio.fail_after(timeouts.upstream_greeting):
+                    await self._forward_id(self.client)
+            except trio.TooSlowError:
+                raise unavailable("upstream_protocol", "upstream did not answer ID") from None
         return greeting
 
     async def capabilities(self) -> list[bytes]:
@@ -139,6 +150,29 @@ class UpstreamSetup:
                 "upstream_unavailable", f"cannot connect to upstream: {_connect_error(exc)}"
             ) from None
         self.stream = SocketStream.from_trio(connected, busy_poll=self.busy_poll)
+        if up.proxy_protocol == "v2":  # before anything else, TLS included
+            try:
+                await self._send_upstream_now(upstream_preamble(self.client))
+            except trio.BrokenResourceError as exc:
+                raise unavailable(
+                    "upstream_unavailable", f"upstream connection failed: {exc}"
+                ) from None
+
+    async def _forward_id(self, client: ClientAddresses) -> None:
+        """The proxy's own ID, naming the client (its answer is not relayed).  A server
+        that refuses it still serves the session (logged: it will not see the client)."""
+        tag = _PROXY_TAG + b"4"
+        await self._send_upstream_now(id_command(tag, client))
+        while True:
+            frame = await self._read_upstream_frame()
+            if frame.kind is FrameKind.STATUS and frame.tag == tag:
+                break
+        if frame.name != "OK":
+            log.warning(
+                "session %s: upstream refused ID (upstream.id_forwarding): it does not see "
+                "the client's address",
+                self.session_id,
+            )
 
     async def _upstream_greeting(self) -> Frame:
         greeting = await self._read_upstream_frame()
