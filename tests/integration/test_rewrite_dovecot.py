@@ -18,7 +18,6 @@ import pytest
 import trio
 from imapclient import IMAPClient
 
-from imapproxy.config import Endpoint, ListenerConfig, ProxyConfig, UpstreamConfig
 from imapproxy.configfile import from_mapping
 from imapproxy.filters import (
     ChainEntry,
@@ -30,6 +29,7 @@ from imapproxy.filters import (
 )
 from imapproxy.filters.api import Verdict
 from imapproxy.filters.rewrite import CapabilityEdit, RewriteConfig, RewriteFilter
+from tests.integration.test_filters_dovecot import config_for, direct
 from tests.support.dovecot import DovecotServer
 from tests.support.fakeserver import ImapClient, status_of
 from tests.support.proxy import running_proxy
@@ -42,13 +42,6 @@ MAILBOXES = [
     {"client": "Archive", "server": "INBOX.Archive"},
     {"client": "Sent", "server": "Sent Items", "exact": True},
 ]
-
-
-def config_for(port: int) -> ProxyConfig:
-    return ProxyConfig(
-        listeners=(ListenerConfig(Endpoint("127.0.0.1", 0), implicit_tls=False),),
-        upstream=UpstreamConfig(Endpoint("127.0.0.1", port)),
-    )
 
 
 class Capture(Filter):
@@ -73,12 +66,6 @@ def chain_for(options: dict[str, Any], sink: dict[str, Any]) -> FilterChain:
     configured = from_mapping({"filters": [{"use": "rewrite", **options}]}).filters
     capture = ChainEntry("capture", lambda info: Capture(sink), OnError.CLOSED)
     return FilterChain([*configured.entries, capture])
-
-
-def direct(dovecot: DovecotServer, user: str, password: str) -> imaplib.IMAP4:
-    conn = imaplib.IMAP4(dovecot.host, dovecot.port, timeout=15)
-    conn.login(user, password)
-    return conn
 
 
 def server_names(dovecot: DovecotServer, user: str, password: str) -> set[str]:
